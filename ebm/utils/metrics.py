@@ -1,0 +1,45 @@
+"""Metrics as JSON lines: one dictionary per line, appended and flushed as training goes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Appends one JSON object per call to ``path`` (``metrics.jsonl`` in a run folder).
+
+    Non-finite floats are written as null so the file stays valid JSON for every reader.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, **values: Any) -> None:
+        record = {key: _finite_or_none(value) for key, value in values.items()}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, key: str, last: int) -> None:
+        """Drop records whose ``key`` exceeds ``last`` (used on resume, so replayed epochs are not doubled)."""
+        if not self.path.exists():
+            return
+        kept = [r for r in read_metrics(self.path) if r.get(key, last) <= last]
+        with self.path.open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file, in order."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
