@@ -1,0 +1,224 @@
+"""Word-level recurrent language models.
+
+``RNNLM``: embedding → dropout → LSTM or GRU (``num_layers``, dropout between layers) → dropout → optional
+linear projection to the output embedding size → a sampled output layer (``SampledOutput``: full softmax,
+NCE, sampled softmax, negative sampling, mix). The output layer owns the loss; the network only produces
+features. With ``tie_weights`` the input embedding *is* the output embedding.
+
+``GenericNCELM``: the "full NCE" model of the seed (its IndexGRU), where a word is scored by feeding it
+through the recurrent cell on top of the context: s(w | h) = u·GRUCell(e_w, h) + b. p(w | h) ∝ exp(s) is a
+generic unnormalised model that only NCE can train (there is no softmax layer to speed up).
+
+Both models share one interface used by the training loop and evaluation:
+
+    loss(input, target, state, mask) -> (scalar loss, state)       input, target, mask: (B, T)
+    scores(input, target, state)     -> (nll (B, T), log Z − norm (B, T) or None, state)
+
+``scores`` gives the exact negative log-likelihood −log p(target | context) (normalised over the whole
+vocabulary) and, for models trained to self-normalise, the gap log Z(context) − norm, so that the
+self-normalised log-probability is s(w) − norm = −nll + (log Z − norm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ebm.lm.samplers import NoiseSampler
+from ebm.nce import nce_logit, nce_token_loss
+
+CELLS = ("lstm", "gru")
+State = Tensor | tuple[Tensor, Tensor] | None
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between bptt chunks (truncated back-propagation through time)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def _masked_mean(per_token: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return per_token.mean()
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+class RNNLM(nn.Module):
+    """An LSTM/GRU language model on top of a sampled output layer.
+
+    Args:
+        vocab_size: V.
+        output: the output layer, e.g. ``SampledOutput(in_features=out_size, vocab_size=V, ...)``; it must
+            take (B, T, out_size) features.
+        emb_size: E, input embedding size.
+        hidden_size: H, recurrent state size.
+        num_layers: stacked recurrent layers.
+        dropout: dropout on the embeddings, between layers and on the features.
+        cell: "lstm" or "gru".
+        out_size: size of the features given to ``output``; a linear projection H → out_size is added when
+            it differs from H (None: H, or E when tying).
+        tie_weights: share the input embedding with the output layer's ``weight`` (needs out_size = E).
+        sparse: sparse gradients for the input embedding (only touched rows are updated).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        output: nn.Module,
+        emb_size: int = 200,
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+        cell: str = "lstm",
+        out_size: int | None = None,
+        tie_weights: bool = False,
+        sparse: bool = True,
+    ):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        if min(vocab_size, emb_size, hidden_size, num_layers) <= 0:
+            raise ValueError("vocab_size, emb_size, hidden_size and num_layers must be positive")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        out_size = out_size or (emb_size if tie_weights else hidden_size)
+        if tie_weights and out_size != emb_size:
+            raise ValueError(f"tie_weights needs out_size == emb_size, got {out_size} and {emb_size}")
+        self.embedding = nn.Embedding(vocab_size, emb_size, sparse=sparse)
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(emb_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0)
+        self.drop = nn.Dropout(dropout)
+        self.proj = nn.Linear(hidden_size, out_size) if out_size != hidden_size else nn.Identity()
+        self.output = output
+        if tie_weights:
+            self.embedding.weight = output.weight
+        else:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+
+    def forward(self, input: Tensor, state: State = None) -> tuple[Tensor, State]:
+        """(B, T) indices → features (B, T, out_size) and the new recurrent state."""
+        hidden, state = self.rnn(self.drop(self.embedding(input)), state)  # (B, T, H)
+        return self.proj(self.drop(hidden)), state
+
+    def loss(self, input: Tensor, target: Tensor, state: State = None, mask: Tensor | None = None):
+        """The output layer's training loss, averaged over (unmasked) tokens."""
+        features, state = self(input, state)
+        if mask is None:
+            return self.output(features, target), state
+        return _masked_mean(self.output(features, target, reduction="none"), mask), state
+
+    @torch.no_grad()
+    def scores(self, input: Tensor, target: Tensor, state: State = None):
+        """Exact per-token NLL (B, T) and, for sampled losses, the gap log Z(context) − norm (B, T)."""
+        features, state = self(input, state)
+        log_z = self.output.log_normalizer(features)  # (B, T), chunked over V
+        nll = log_z - self.output.score(features, target)
+        gap = log_z - self.output.norm.float() if self.output.loss != "full" else None
+        return nll, gap, state
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradients are sparse under the current loss (for SparseAdam)."""
+        params = [self.embedding.weight] if self.embedding.sparse else []
+        if self.output.loss != "full":
+            params += self.output.sparse_parameters()
+        elif self.embedding.weight is getattr(self.output, "weight", None):
+            params = []  # tied to a dense full-softmax gradient: the sum is dense
+        return list({id(p): p for p in params}.values())
+
+
+class GenericNCELM(nn.Module):
+    """The seed's "full NCE" language model (IndexGRU), with a factorised cell so noise is cheap to score.
+
+    A GRU reads the context (B, T) → h_t (B, T, H). A word w is scored by one more GRU step on top of h_t,
+    h' = GRUCell(e_w, h_t), and a linear scorer: s(w | h_t) = u·h' + b. Because the GRU's input and hidden
+    projections are separate matrices, W_i e_w (M, 3H) is computed once for the M scored words and
+    W_h h_t (N, 3H) once per position; each (position, word) pair then costs O(H) elementwise work.
+
+    Training is NCE with k noise words shared by the batch (ebm.nce):
+    G = s(w | h) − norm − log(k q(w)), loss = −log σ(G_target) − Σ_j log σ(−G_noise_j).
+
+    Limits (why the seed could not compute perplexity with it): there is no output matrix, so exact
+    normalisation needs s(w | h) for all V words at every position — O(N · V · H) elementwise work (chunked
+    here over V, so memory stays bounded). That is fine for V of a few thousand (the synthetic language) but
+    minutes per evaluation at V ≈ 14k on a CPU. Accidental hits (a noise word equal to a target) are kept.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        noise: NoiseSampler,
+        noise_ratio: int = 20,
+        emb_size: int = 200,
+        hidden_size: int = 200,
+        num_layers: int = 1,
+        dropout: float = 0.2,
+        norm: float | None = None,
+        chunk_size: int = 128,
+    ):
+        super().__init__()
+        if noise_ratio <= 0:
+            raise ValueError(f"noise_ratio must be positive, got {noise_ratio}")
+        if noise.vocab_size != vocab_size:
+            raise ValueError(f"noise covers {noise.vocab_size} tokens but vocab_size is {vocab_size}")
+        self.noise = noise
+        self.noise_ratio = noise_ratio
+        self.norm = math.log(vocab_size) if norm is None else norm
+        self.vocab_size = vocab_size
+        self.chunk_size = chunk_size
+        self.embedding = nn.Embedding(vocab_size, emb_size)
+        self.rnn = nn.GRU(emb_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0)
+        self.drop = nn.Dropout(dropout)
+        self.cell = nn.GRUCell(emb_size, hidden_size)
+        self.scorer = nn.Linear(hidden_size, 1)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+
+    def forward(self, input: Tensor, state: State = None) -> tuple[Tensor, State]:
+        """(B, T) → contexts h (B, T, H) and the new state."""
+        hidden, state = self.rnn(self.drop(self.embedding(input)), state)
+        return self.drop(hidden), state
+
+    def score(self, context: Tensor, words: Tensor) -> Tensor:
+        """s(w | h) for every pair: context (N, H), words (M,) → (N, M)."""
+        gi = nn.functional.linear(self.embedding(words), self.cell.weight_ih, self.cell.bias_ih)  # (M, 3H)
+        gh = nn.functional.linear(context, self.cell.weight_hh, self.cell.bias_hh)  # (N, 3H)
+        i_r, i_z, i_n = gi.unsqueeze(0).chunk(3, dim=-1)  # (1, M, H) each
+        h_r, h_z, h_n = gh.unsqueeze(1).chunk(3, dim=-1)  # (N, 1, H) each
+        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        new = (1 - z) * torch.tanh(i_n + r * h_n) + z * context.unsqueeze(1)  # (N, M, H)
+        return self.scorer(new).squeeze(-1)  # (N, M)
+
+    def target_score(self, context: Tensor, target: Tensor) -> Tensor:
+        """s(w_n | h_n) for paired rows: context (N, H), target (N,) → (N,)."""
+        return self.scorer(self.cell(self.embedding(target), context)).squeeze(-1)
+
+    def loss(self, input: Tensor, target: Tensor, state: State = None, mask: Tensor | None = None):
+        context, state = self(input, state)
+        flat, tgt = context.reshape(-1, context.size(-1)), target.reshape(-1)  # (N, H), (N,)
+        noise = self.noise.sample((self.noise_ratio,))  # (k,) shared by the batch
+        logit_target = nce_logit(self.target_score(flat, tgt) - self.norm, self.noise.log_prob(tgt), self.noise_ratio)
+        logit_noise = nce_logit(self.score(flat, noise) - self.norm, self.noise.log_prob(noise), self.noise_ratio)
+        per_token = nce_token_loss(logit_target, logit_noise).view_as(target)  # (B, T)
+        return _masked_mean(per_token, mask), state
+
+    def log_z(self, context: Tensor) -> Tensor:
+        """log Σ_w exp s(w | h), (N, H) → (N,), chunked over the vocabulary."""
+        words = torch.arange(self.vocab_size, device=context.device)
+        parts = [self.score(context, chunk).logsumexp(-1) for chunk in words.split(self.chunk_size)]
+        return torch.stack(parts, dim=-1).logsumexp(-1)
+
+    @torch.no_grad()
+    def scores(self, input: Tensor, target: Tensor, state: State = None):
+        context, state = self(input, state)
+        flat = context.reshape(-1, context.size(-1))
+        log_z = self.log_z(flat)
+        nll = (log_z - self.target_score(flat, target.reshape(-1))).view_as(target)
+        return nll, (log_z - self.norm).view_as(target), state
+
+
+__all__ = ["CELLS", "GenericNCELM", "RNNLM", "detach_state"]
