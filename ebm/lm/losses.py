@@ -1,0 +1,178 @@
+"""Token-level losses as pure functions of scores: no parameters, no sampling.
+
+Notation, for N tokens with contexts h_n and k noise tokens per token:
+    s(w)      the model's unnormalised score of token w in its context (h·e_w + b_w)
+    norm      the log-normaliser the model is asked to learn (a constant such as log V, or learned)
+    log p̃(w) = s(w) − norm, the self-normalised log-probability; the sampled losses take it as input
+    log q(w)  the noise log-probability of w
+
+Losses (all return per-token losses (N,), to be averaged by the caller):
+    full     −log softmax(s)(target), the exact cross-entropy (the reference).
+    nce      −log σ(G_t) − Σ_j log σ(−G_j),  G = log p̃ − log q − log k (Mnih & Teh 2012), built on the
+             shared core ``ebm.nce``.
+    sampled  sampled softmax: cross-entropy over {target} ∪ noise with logits s − log q (Jean et al. 2015;
+             TensorFlow's sampled_softmax_loss). Subtracting log q or the expected count log(k·q) is the
+             same: a constant shift cancels in the softmax.
+    neg      negative sampling: NCE with the log(k·q) term dropped, G = log p̃ (Mikolov et al. 2013). Biased:
+             its optimum is not the data distribution unless k·q = 1; kept for comparison.
+    mix      ½·nce + ½·sampled (the seed's "mix").
+
+Accidental hits: `hits` (N, k) marks noise samples equal to the token's target. A hit's noise term is
+removed: its NCE / neg term is dropped and its sampled-softmax logit set to −∞, as TensorFlow's
+``remove_accidental_hits`` does.
+
+Noise shapes: `log_model_noise` is always (N, k) (every context scores the noise tokens); `log_q_noise` is
+(k,) when the noise is shared by the batch or (N, k) when drawn per token. All arithmetic is done in float32
+or wider with logsigmoid / logsumexp, so scores of ±1e4 and float16 / bfloat16 inputs are safe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ebm.nce import nce_logit, nce_token_loss
+
+LOSS_NAMES = ("full", "nce", "sampled", "neg", "mix")
+
+
+def _upcast(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _check(log_model_target: Tensor, log_model_noise: Tensor, log_q_noise: Tensor, hits: Tensor | None) -> None:
+    n = log_model_target.shape[0]
+    if log_model_target.dim() != 1 or log_model_noise.dim() != 2 or log_model_noise.shape[0] != n:
+        raise ValueError(f"expected log_model_target (N,) and log_model_noise (N, k), got "
+                         f"{tuple(log_model_target.shape)} and {tuple(log_model_noise.shape)}")
+    k = log_model_noise.shape[1]
+    if k < 1:
+        raise ValueError("need at least one noise sample (k ≥ 1)")
+    if log_q_noise.shape not in ((k,), (n, k)):
+        raise ValueError(f"log_q_noise must be ({k},) or ({n}, {k}), got {tuple(log_q_noise.shape)}")
+    if hits is not None and hits.shape != (n, k):
+        raise ValueError(f"hits must be ({n}, {k}), got {tuple(hits.shape)}")
+
+
+def full_softmax_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Exact cross-entropy −log softmax(logits)[target].
+
+    Args:
+        logits: (N, V) scores s.  target: (N,) indices.
+    Returns:
+        (N,) losses.
+    """
+    return F.cross_entropy(_upcast(logits), target, reduction="none")
+
+
+def nce_loss(
+    log_model_target: Tensor,
+    log_model_noise: Tensor,
+    log_q_target: Tensor,
+    log_q_noise: Tensor,
+    hits: Tensor | None = None,
+) -> Tensor:
+    """Binary NCE with k noise samples per token (Mnih & Teh 2012).
+
+    G(w) = log p̃(w) − log q(w) − log k;   loss_n = −log σ(G(t_n)) − Σ_j log σ(−G(y_nj)).
+
+    Args:
+        log_model_target: (N,) log p̃ of the targets.  log_model_noise: (N, k) log p̃ of the noise tokens.
+        log_q_target: (N,) noise log-probabilities of the targets.  log_q_noise: (k,) or (N, k).
+        hits: optional (N, k) bool, noise samples to remove (accidental hits).
+    Returns:
+        (N,) losses.
+    """
+    _check(log_model_target, log_model_noise, log_q_noise, hits)
+    k = log_model_noise.shape[1]
+    logit_target = nce_logit(_upcast(log_model_target), log_q_target, k)  # (N,)
+    logit_noise = nce_logit(_upcast(log_model_noise), log_q_noise, k)  # (N, k)
+    if hits is not None:
+        logit_noise = logit_noise.masked_fill(hits, -math.inf)  # log σ(+∞) = 0: the term vanishes
+    return nce_token_loss(logit_target, logit_noise)
+
+
+def sampled_softmax_loss(
+    log_model_target: Tensor,
+    log_model_noise: Tensor,
+    log_q_target: Tensor,
+    log_q_noise: Tensor,
+    hits: Tensor | None = None,
+) -> Tensor:
+    """Sampled softmax with the log q correction (Jean et al. 2015).
+
+    loss_n = −o_t + logsumexp(o_t, o_1, …, o_k),   o = log p̃ − log q   (hits get o = −∞).
+
+    Shapes as in ``nce_loss``. The normaliser cancels, so log p̃ and s give the same loss.
+    """
+    _check(log_model_target, log_model_noise, log_q_noise, hits)
+    logit_target = _upcast(log_model_target) - log_q_target  # (N,)
+    logit_noise = (_upcast(log_model_noise) - log_q_noise).expand_as(log_model_noise)  # (N, k)
+    if hits is not None:
+        logit_noise = logit_noise.masked_fill(hits, -math.inf)
+    logits = torch.cat([logit_target.unsqueeze(1), logit_noise], dim=1)  # (N, 1 + k)
+    return torch.logsumexp(logits, dim=1) - logit_target
+
+
+def negative_sampling_loss(
+    log_model_target: Tensor,
+    log_model_noise: Tensor,
+    log_q_target: Tensor,
+    log_q_noise: Tensor,
+    hits: Tensor | None = None,
+) -> Tensor:
+    """Negative sampling (Mikolov et al. 2013): NCE with G = log p̃, the log(k·q) term dropped.
+
+    loss_n = −log σ(log p̃(t_n)) − Σ_j log σ(−log p̃(y_nj)). `log_q_*` are accepted for a uniform
+    signature and only checked. Biased as an estimator of p (see the module docstring).
+    """
+    _check(log_model_target, log_model_noise, log_q_noise, hits)
+    logit_noise = _upcast(log_model_noise)
+    if hits is not None:
+        logit_noise = logit_noise.masked_fill(hits, -math.inf)
+    return nce_token_loss(_upcast(log_model_target), logit_noise)
+
+
+def mix_loss(
+    log_model_target: Tensor,
+    log_model_noise: Tensor,
+    log_q_target: Tensor,
+    log_q_noise: Tensor,
+    hits: Tensor | None = None,
+) -> Tensor:
+    """½·nce + ½·sampled on the same samples (the seed's "mix")."""
+    args = (log_model_target, log_model_noise, log_q_target, log_q_noise, hits)
+    return 0.5 * nce_loss(*args) + 0.5 * sampled_softmax_loss(*args)
+
+
+SampledLoss = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+
+SAMPLED_LOSSES: dict[str, SampledLoss] = {
+    "nce": nce_loss,
+    "sampled": sampled_softmax_loss,
+    "neg": negative_sampling_loss,
+    "mix": mix_loss,
+}
+
+
+def check_loss_name(name: str) -> str:
+    """Returns `name` if it is one of LOSS_NAMES, else raises a ValueError listing them."""
+    if name not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+    return name
+
+
+__all__ = [
+    "LOSS_NAMES",
+    "SAMPLED_LOSSES",
+    "check_loss_name",
+    "full_softmax_loss",
+    "mix_loss",
+    "negative_sampling_loss",
+    "nce_loss",
+    "sampled_softmax_loss",
+]

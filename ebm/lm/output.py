@@ -1,0 +1,258 @@
+"""The sampled output layer: scores only the targets and a few noise tokens in training, the whole
+vocabulary (chunked) in evaluation.
+
+For a context vector h (the network's hidden state) and token w with output embedding e_w and bias b_w:
+
+    s(w) = h·e_w + b_w                  the score
+    log p(w) = s(w) − log Z(h)          exact, Z(h) = Σ_{w'} exp s(w') over the vocabulary
+    log p̃(w) = s(w) − norm              self-normalised: NCE trains log Z(h) ≈ norm (Mnih & Teh 2012)
+
+Training touches only the rows it uses: the target and noise rows of the embedding and bias are gathered
+with sparse gradients (Jean et al. 2015's point: cost independent of V), so an optimiser that supports
+sparse gradients updates only those rows:
+
+    layer = SampledOutput(in_features=H, vocab_size=V, noise=counts, loss="nce", noise_ratio=100)
+    optimizer = make_optimizer(model, "adam", lr, sparse=layer.sparse_parameters())  # ebm.lm.optim
+    # Adam on dense parameters + SparseAdam on the touched rows; "sgd" applies sparse rows directly.
+    # Clip with ebm.lm.optim.clip_grad_norm_ (torch's own fails on sparse gradients).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ebm.lm.losses import SAMPLED_LOSSES, check_loss_name, full_softmax_loss
+from ebm.lm.samplers import NoiseSampler, make_sampler
+
+
+class _GatherRows(torch.autograd.Function):
+    """weight[index] whose gradient with respect to `weight` is a sparse COO tensor (only the used rows)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.weight_shape = weight.shape
+        return weight.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(index.unsqueeze(0), grad, ctx.weight_shape, check_invariants=False)
+        return sparse, None
+
+
+def gather_rows(weight: Tensor, index: Tensor, sparse: bool = True) -> Tensor:
+    """Rows weight[index] ((n,) index → (n, …)); with `sparse` the gradient of `weight` is sparse."""
+    if sparse and torch.is_grad_enabled() and weight.requires_grad:
+        return _GatherRows.apply(weight, index)
+    return weight.index_select(0, index)
+
+
+class SampledOutput(nn.Module):
+    """Output embedding + bias over a vocabulary of V tokens, trained with a sampled (or the full) loss.
+
+    Args:
+        in_features: H, the size of the context vectors.
+        vocab_size: V.
+        noise: (V,) unigram counts (noise ∝ count^noise_power, zero counts floored), a ``NoiseSampler``, or
+            "uniform" / "log_uniform".
+        loss: one of "full", "nce", "sampled", "neg", "mix" (see ``ebm.lm.losses``); switchable later by
+            assigning ``layer.loss``.
+        noise_ratio: k, noise samples per token (per batch when `shared_noise`).
+        norm: the log-normaliser in log p̃ = s − norm: "auto" (log V), a float, or "learn" (a learned scalar
+            initialised at log V).
+        noise_power: α for counts.
+        shared_noise: one set of k noise tokens for the whole batch, scored with one (N, H) × (H, k) product
+            (default), or k tokens drawn per token.
+        remove_accidental_hits: drop noise samples equal to the target; None means on for "sampled" and
+            "mix", off for "nce" and "neg" (as TensorFlow).
+        sparse: sparse gradients for `weight` and `bias` in the sampled losses (the "full" loss is always dense).
+        eval_chunk_elements: evaluation computes at most this many scores at once (tokens × vocabulary chunk).
+
+    Parameters: weight (V, H), bias (V,) initialised to log q + norm (the model starts at the noise
+    distribution), and norm when learned. Buffers: norm when constant, and the sampler's tables.
+
+    Shapes: hidden (..., H) with target (...) — e.g. [B, T, H] with [B, T], or [N, H] with [N].
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        vocab_size: int,
+        noise: Tensor | NoiseSampler | str = "uniform",
+        loss: str = "nce",
+        noise_ratio: int = 100,
+        norm: str | float = "auto",
+        noise_power: float = 1.0,
+        shared_noise: bool = True,
+        remove_accidental_hits: bool | None = None,
+        sparse: bool = True,
+        eval_chunk_elements: int = 2**22,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or vocab_size < 1:
+            raise ValueError(f"in_features and vocab_size must be positive, got {in_features}, {vocab_size}")
+        if int(noise_ratio) != noise_ratio or noise_ratio < 1:
+            raise ValueError(f"noise_ratio (k) must be a positive integer, got {noise_ratio}")
+        if eval_chunk_elements < 1:
+            raise ValueError(f"eval_chunk_elements must be positive, got {eval_chunk_elements}")
+        self.in_features = in_features
+        self.vocab_size = vocab_size
+        self.noise_ratio = int(noise_ratio)
+        self.shared_noise = shared_noise
+        self.remove_accidental_hits = remove_accidental_hits
+        self.sparse = sparse
+        self.eval_chunk_elements = eval_chunk_elements
+        self.loss = loss
+        self.noise = make_sampler(noise, vocab_size, noise_power)
+        log_q = self.noise.log_probs().detach().float().cpu()
+        if not torch.isfinite(log_q).all():
+            raise ValueError("the noise gives probability 0 to some tokens; build it with AliasSampler.from_counts "
+                             "(which floors zero counts) or pass the counts")
+
+        init_norm = math.log(vocab_size)
+        if norm == "learn":
+            self.norm = nn.Parameter(torch.tensor(init_norm))
+        elif norm == "auto" or isinstance(norm, int | float):
+            init_norm = init_norm if norm == "auto" else float(norm)
+            self.register_buffer("norm", torch.tensor(init_norm))
+        else:
+            raise ValueError(f"norm must be 'auto', 'learn' or a number, got {norm!r}")
+
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(vocab_size, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(log_q + init_norm)
+
+    # --- configuration -------------------------------------------------------------------------------
+    @property
+    def loss(self) -> str:
+        """The training loss name; assign another of LOSS_NAMES to switch (e.g. evaluate with "full")."""
+        return self._loss
+
+    @loss.setter
+    def loss(self, name: str) -> None:
+        self._loss = check_loss_name(name)
+
+    def removes_accidental_hits(self) -> bool:
+        """Whether the current loss drops noise samples equal to the target."""
+        if self.remove_accidental_hits is not None:
+            return self.remove_accidental_hits
+        return self._loss in ("sampled", "mix")
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradients are sparse under the current loss: [weight, bias] for a sampled loss
+        with ``sparse=True``, else [] (the "full" loss touches every row: dense gradients)."""
+        return [self.weight, self.bias] if self.sparse and self._loss != "full" else []
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """The other parameters (the learned norm, if any)."""
+        sparse_ids = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse_ids]
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, vocab_size={self.vocab_size}, loss={self._loss!r}, "
+                f"noise_ratio={self.noise_ratio}, shared_noise={self.shared_noise}, sparse={self.sparse}")
+
+    # --- checks --------------------------------------------------------------------------------------
+    def _flatten(self, hidden: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if hidden.dim() < 1 or hidden.shape[-1] != self.in_features:
+            raise ValueError(f"hidden must end in in_features={self.in_features}, got shape {tuple(hidden.shape)}")
+        h = hidden.reshape(-1, self.in_features)  # (N, H)
+        if target is None:
+            return h, None
+        if target.shape != hidden.shape[:-1]:
+            raise ValueError(f"target shape {tuple(target.shape)} does not match hidden {tuple(hidden.shape)}")
+        if target.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"target must be an integer tensor, got {target.dtype}")
+        t = target.reshape(-1).long()  # (N,)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.vocab_size):
+            raise IndexError(f"target index out of range [0, {self.vocab_size}): "
+                             f"min {int(t.min())}, max {int(t.max())}")
+        return h, t
+
+    # --- training ------------------------------------------------------------------------------------
+    def forward(
+        self, hidden: Tensor, target: Tensor, reduction: str = "mean", generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The current loss of `target` given `hidden`.
+
+        Args:
+            hidden: (..., H) context vectors.  target: (...) token indices.
+            reduction: "mean" (scalar over tokens), "sum", or "none" (per token, target's shape).
+            generator: for the noise draws.
+        """
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        h, t = self._flatten(hidden, target)
+        if self._loss == "full":
+            losses = full_softmax_loss(F.linear(h, self.weight, self.bias), t)  # (N,)
+        else:
+            losses = self._sampled_loss(h, t, generator)
+        if reduction == "none":
+            return losses.reshape(target.shape)
+        return losses.sum() if reduction == "sum" else losses.mean()
+
+    def _sampled_loss(self, h: Tensor, t: Tensor, generator: torch.Generator | None) -> Tensor:
+        n, k = t.numel(), self.noise_ratio
+        if self.shared_noise:
+            noise = self.noise.sample((k,), generator=generator)  # (k,)
+            rows = torch.cat([t, noise])  # (N + k,) one gather for targets and noise
+            emb = gather_rows(self.weight, rows, self.sparse)  # (N + k, H)
+            bias = gather_rows(self.bias, rows, self.sparse)  # (N + k,)
+            score_target = (h * emb[:n]).sum(-1) + bias[:n]  # (N,)
+            score_noise = torch.addmm(bias[n:], h, emb[n:].t())  # (N, k)
+            hits_noise = noise.unsqueeze(0)  # (1, k)
+        else:
+            noise = self.noise.sample((n, k), generator=generator)  # (N, k)
+            rows = torch.cat([t, noise.reshape(-1)])  # (N + N·k,)
+            emb = gather_rows(self.weight, rows, self.sparse)  # (N + N·k, H)
+            bias = gather_rows(self.bias, rows, self.sparse)
+            score_target = (h * emb[:n]).sum(-1) + bias[:n]  # (N,)
+            emb_noise = emb[n:].reshape(n, k, self.in_features)  # (N, k, H)
+            score_noise = torch.bmm(emb_noise, h.unsqueeze(2)).squeeze(2) + bias[n:].reshape(n, k)  # (N, k)
+            hits_noise = noise
+        hits = hits_noise == t.unsqueeze(1) if self.removes_accidental_hits() else None  # (N, k)
+        norm = self.norm.float()
+        return SAMPLED_LOSSES[self._loss](
+            score_target.float() - norm,
+            score_noise.float() - norm,
+            self.noise.log_prob(t, check=False),
+            self.noise.log_prob(noise, check=False),
+            hits,
+        )
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def score(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """Unnormalised scores s(target) = h·e_target + b_target: (..., H), (...) → (...)."""
+        h, t = self._flatten(hidden, target)
+        score = (h * self.weight[t]).sum(-1) + self.bias[t]  # (N,)
+        return score.float().reshape(target.shape)
+
+    def self_normalized_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """log p̃(target) = s(target) − norm, no sum over the vocabulary: (...)."""
+        return self.score(hidden, target) - self.norm.float()
+
+    def log_normalizer(self, hidden: Tensor) -> Tensor:
+        """log Z(h) = logsumexp_w s(w) over the whole vocabulary: (..., H) → (...).
+
+        Computed over chunks of the vocabulary with a running logaddexp, so at most
+        ``eval_chunk_elements`` scores exist at a time (never a [tokens × V] tensor).
+        """
+        h, _ = self._flatten(hidden)
+        chunk = max(1, self.eval_chunk_elements // max(1, h.shape[0]))
+        log_z = h.new_full((h.shape[0],), -math.inf, dtype=torch.float32)  # (N,)
+        for start in range(0, self.vocab_size, chunk):
+            scores = F.linear(h, self.weight[start : start + chunk], self.bias[start : start + chunk])  # (N, C)
+            log_z = torch.logaddexp(log_z, torch.logsumexp(scores.float(), dim=-1))
+        return log_z.reshape(hidden.shape[:-1])
+
+    def nll(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """Exact per-token negative log-likelihood −log p(target) = log Z(h) − s(target): (...)."""
+        return self.log_normalizer(hidden) - self.score(hidden, target)
+
+
+__all__ = ["SampledOutput", "gather_rows"]
