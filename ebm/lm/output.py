@@ -200,20 +200,17 @@ class SampledOutput(nn.Module):
         n, k = t.numel(), self.noise_ratio
         if self.shared_noise:
             noise = self.noise.sample((k,), generator=generator)  # (k,)
-            rows = torch.cat([t, noise])  # (N + k,) one gather for targets and noise
-            emb = gather_rows(self.weight, rows, self.sparse)  # (N + k, H)
-            bias = gather_rows(self.bias, rows, self.sparse)  # (N + k,)
-            score_target = (h * emb[:n]).sum(-1) + bias[:n]  # (N,)
-            score_noise = torch.addmm(bias[n:], h, emb[n:].t())  # (N, k)
-            hits_noise = noise.unsqueeze(0)  # (1, k)
         else:
             noise = self.noise.sample((n, k), generator=generator)  # (N, k)
-            rows = torch.cat([t, noise.reshape(-1)])  # (N + N·k,)
-            emb = gather_rows(self.weight, rows, self.sparse)  # (N + N·k, H)
-            bias = gather_rows(self.bias, rows, self.sparse)
-            score_target = (h * emb[:n]).sum(-1) + bias[:n]  # (N,)
-            emb_noise = emb[n:].reshape(n, k, self.in_features)  # (N, k, H)
-            score_noise = torch.bmm(emb_noise, h.unsqueeze(2)).squeeze(2) + bias[n:].reshape(n, k)  # (N, k)
+        score_target = (h * gather_rows(self.weight, t, self.sparse)).sum(-1) + gather_rows(self.bias, t, self.sparse)
+        emb_noise = gather_rows(self.weight, noise.reshape(-1), self.sparse)  # (k, H) or (N·k, H)
+        bias_noise = gather_rows(self.bias, noise.reshape(-1), self.sparse)  # (k,) or (N·k,)
+        if self.shared_noise:
+            score_noise = torch.addmm(bias_noise, h, emb_noise.t())  # (N, k): one dense product for the batch
+            hits_noise = noise.unsqueeze(0)  # (1, k)
+        else:
+            emb_noise = emb_noise.reshape(n, k, self.in_features)  # (N, k, H)
+            score_noise = torch.bmm(emb_noise, h.unsqueeze(2)).squeeze(2) + bias_noise.reshape(n, k)  # (N, k)
             hits_noise = noise
         hits = hits_noise == t.unsqueeze(1) if self.removes_accidental_hits() else None  # (N, k)
         norm = self.norm.float()

@@ -130,8 +130,9 @@ def build_alias_table(probs: Tensor) -> tuple[Tensor, Tensor]:
     vocab_size = p.numel()
     w = p * (vocab_size / p.sum())  # (V,) mean 1
     light = w < 1
+    light[w.argmax()] = False  # at least one heavy token, whatever the rounding
     light_idx = light.nonzero().squeeze(1)  # (L,)
-    heavy_idx = (~light).nonzero().squeeze(1)  # (Hv,) never empty: the mean is 1
+    heavy_idx = (~light).nonzero().squeeze(1)  # (Hv,)
     deficit_end = torch.cumsum(1 - w[light_idx], 0)  # (L,) D_i
     deficit_start = torch.cat([deficit_end.new_zeros(1), deficit_end[:-1]])  # (L,) D_{i-1}
     excess_end = torch.cumsum(w[heavy_idx] - 1, 0)  # (Hv,) E_j
