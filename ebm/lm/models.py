@@ -206,6 +206,10 @@ class GenericNCELM(nn.Module):
         per_token = nce_token_loss(logit_target, logit_noise).view_as(target)  # (B, T)
         return _masked_mean(per_token, mask), state
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """None: the generic model's embedding is scored densely through the cell."""
+        return []
+
     def log_z(self, context: Tensor) -> Tensor:
         """log Σ_w exp s(w | h), (N, H) → (N,), chunked over the vocabulary."""
         words = torch.arange(self.vocab_size, device=context.device)

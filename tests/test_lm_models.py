@@ -1,0 +1,154 @@
+"""Language models, exact evaluation and sparse-aware optimisation."""
+
+import math
+
+import pytest
+import torch
+
+from ebm.data.corpus import batchify
+from ebm.lm.evaluate import evaluate
+from ebm.lm.models import RNNLM, GenericNCELM
+from ebm.lm.optim import add_weight_decay_, clip_grad_norm_, make_optimizer
+from ebm.lm.output import SampledOutput
+from ebm.lm.samplers import AliasSampler
+
+V = 40
+
+
+def make_lm(loss="nce", cell="lstm", **kwargs):
+    out_size = kwargs.pop("out_size", None) or (12 if kwargs.get("tie_weights") else 16)
+    output = SampledOutput(in_features=out_size, vocab_size=V, noise=torch.arange(1, V + 1), loss=loss, noise_ratio=8)
+    return RNNLM(V, output, emb_size=12, hidden_size=16, num_layers=2, dropout=0.1, cell=cell, out_size=out_size,
+                 **kwargs)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_shapes_state_and_projection(cell):
+    model = make_lm(cell=cell, out_size=10)
+    x = torch.randint(V, (3, 7))
+    features, state = model(x)
+    assert features.shape == (3, 7, 10)
+    loss, _ = model.loss(x, x, state)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    nll, gap, _ = model.scores(x, x)
+    assert nll.shape == gap.shape == (3, 7)
+
+
+def test_tied_weights_are_one_parameter():
+    model = make_lm(tie_weights=True)
+    assert model.embedding.weight is model.output.weight
+    with pytest.raises(ValueError, match="tie_weights"):
+        make_lm(tie_weights=True, out_size=16)
+    with pytest.raises(ValueError, match="cell"):
+        make_lm(cell="rnn")
+
+
+def test_sampled_training_gives_sparse_gradients_full_gives_dense():
+    model = make_lm("nce")
+    x = torch.randint(V, (2, 5))
+    model.loss(x, x)[0].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["embedding.weight"].is_sparse and grads["output.weight"].is_sparse
+    assert {id(p) for p in model.sparse_parameters()} == {
+        id(model.embedding.weight), id(model.output.weight), id(model.output.bias)}
+    model = make_lm("full")
+    model.loss(x, x)[0].backward()
+    assert not model.output.weight.grad.is_sparse and model.embedding.weight.grad.is_sparse
+    assert make_lm("full", tie_weights=True).sparse_parameters() == []
+
+
+def test_uniform_model_has_perplexity_v():
+    model = make_lm("nce")
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.zero_()
+    result = evaluate(model, batchify(torch.randint(V, (500,)), 4), bptt=9)
+    assert result["ppl"] == pytest.approx(V, rel=1e-6)
+    assert result["log_z_gap_mean"] == pytest.approx(math.log(V) - model.output.norm.item(), abs=1e-5)
+    assert result["ppl_selfnorm"] == pytest.approx(math.exp(model.output.norm.item()), rel=1e-5)
+
+
+def test_chunked_evaluation_equals_unchunked():
+    model = make_lm("nce")
+    data = batchify(torch.randint(V, (400,)), 4)
+    whole = evaluate(model, data, bptt=1000)
+    model.output.eval_chunk_elements = 7  # a few vocabulary rows at a time
+    chunked = evaluate(model, data, bptt=6)  # and short bptt chunks with the state carried over
+    for key in ("nll", "log_z_gap_mean", "log_z_gap_std"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6)
+    assert chunked["tokens"] == whole["tokens"] == 4 * 99
+
+
+def test_scores_are_normalised_over_the_vocabulary():
+    model = make_lm("sampled").eval()
+    context = torch.randint(V, (1, 6))
+    input = context.expand(V, 6)
+    target = torch.cat([input[:, 1:], torch.arange(V).unsqueeze(1)], dim=1)
+    nll, _, _ = model.scores(input, target)
+    assert torch.exp(-nll[:, -1].double()).sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def make_generic(k=5):
+    noise = AliasSampler.from_counts(torch.arange(1, V + 1))
+    return GenericNCELM(V, noise, noise_ratio=k, emb_size=8, hidden_size=10, num_layers=1, dropout=0.0, chunk_size=7)
+
+
+def test_generic_model_factorised_score_equals_grucell():
+    model = make_generic()
+    context, words = torch.randn(4, 10), torch.tensor([3, 0, 39])
+    pairs = model.cell(model.embedding(words).repeat(4, 1), context.repeat_interleave(3, dim=0))
+    expected = model.scorer(pairs).view(4, 3)
+    torch.testing.assert_close(model.score(context, words), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.target_score(context, torch.tensor([3, 3, 3, 3])), expected[:, 0])
+    log_z = model.log_z(context)
+    torch.testing.assert_close(log_z, model.score(context, torch.arange(V)).logsumexp(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_generic_model_trains_and_evaluates_exactly():
+    model = make_generic()
+    x = torch.randint(V, (3, 6))
+    loss, _ = model.loss(x, x, mask=torch.ones(3, 6, dtype=torch.bool))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    nll, gap, _ = model.scores(x[:1].expand(V, 6), torch.cat([x[:1, 1:].expand(V, 5), torch.arange(V)[:, None]], 1))
+    assert torch.exp(-nll[:, -1].double()).sum().item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="noise_ratio"):
+        make_generic(k=0)
+
+
+def _with_sparse_grad():
+    model = make_lm("nce")
+    x = torch.randint(V, (2, 5))
+    model.loss(x, torch.roll(x, 1))[0].backward()
+    return model
+
+
+def test_clip_and_weight_decay_match_dense_reference():
+    model = _with_sparse_grad()
+    params = list(model.parameters())
+    dense = [p.grad.to_dense().clone() for p in params]
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in dense))
+    assert clip_grad_norm_(params, 0.01).item() == pytest.approx(norm.item(), rel=1e-5)
+    for p, g in zip(params, dense, strict=True):
+        torch.testing.assert_close(p.grad.to_dense(), g * 0.01 / norm.item(), rtol=1e-4, atol=1e-8)
+    model = _with_sparse_grad()
+    weight = model.embedding.weight
+    before = weight.grad.coalesce().to_dense().clone()
+    touched = before.abs().sum(1) > 0
+    add_weight_decay_([weight], 0.5)
+    after = weight.grad.to_dense()
+    assert weight.grad.is_sparse
+    torch.testing.assert_close(after[touched], before[touched] + 0.5 * weight.detach()[touched])
+    assert (after[~touched] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_optimizer_updates_only_touched_rows(name):
+    model = _with_sparse_grad()
+    touched = model.embedding.weight.grad.coalesce().to_dense().abs().sum(1) > 0
+    before = model.embedding.weight.detach().clone()
+    make_optimizer(model, name, 0.1, model.sparse_parameters()).step()
+    changed = (model.embedding.weight.detach() != before).any(1)
+    assert changed[touched].all() and not changed[~touched].any()
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer(model, "lbfgs", 0.1)
