@@ -41,3 +41,10 @@ __all__ = [
     "sampled_softmax_loss",
     "unigram_probs",
 ]
+
+# The language model end to end: models, exact evaluation, training (LMConfig / train_lm / load_lm).
+from ebm.lm.evaluate import evaluate  # noqa: E402
+from ebm.lm.models import RNNLM, GenericNCELM  # noqa: E402
+from ebm.lm.train import LMConfig, LoadedLM, load_lm, train_lm  # noqa: E402
+
+__all__ += ["GenericNCELM", "LMConfig", "LoadedLM", "RNNLM", "evaluate", "load_lm", "train_lm"]
