@@ -187,11 +187,12 @@ class AliasSampler(NoiseSampler):
 
     def sample(self, shape: Shape, generator: torch.Generator | None = None) -> Tensor:
         """Draws of `shape` (LongTensor on the buffers' device)."""
-        shape = _as_shape(shape)
-        device = self.accept.device
-        bucket = torch.randint(self.vocab_size, shape, generator=generator, device=device)
-        coin = torch.rand(shape, generator=generator, device=device)
-        return torch.where(coin < self.accept[bucket], bucket, self.alias[bucket])
+        accept, alias = self.accept, self.alias
+        size = torch.Size(_as_shape(shape)).numel()
+        bucket = torch.randint(self.vocab_size, (size,), generator=generator, device=accept.device)  # (n,)
+        coin = torch.rand(size, generator=generator, device=accept.device)  # (n,)
+        keep = coin < accept.index_select(0, bucket)
+        return torch.where(keep, bucket, alias.index_select(0, bucket)).view(shape)
 
     def _log_prob(self, index: Tensor) -> Tensor:
         return self.log_q[index]
