@@ -1,0 +1,1 @@
+"""Data: toy 2D samplers with exact densities (``ebm.data.toy``)."""

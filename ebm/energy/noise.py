@@ -1,0 +1,110 @@
+"""Noise distributions for NCE in 2D, as modules whose parameters are buffers.
+
+Each has ``sample(shape, generator=None)`` → (*shape, 2) and ``log_prob(x)``: (..., 2) → (...), built on
+``torch.distributions``; ``state_dict`` carries everything, so a checkpoint restores the exact noise.
+
+    gaussian  the seed's fixed N(0, 4·I)
+    fitted    a Gaussian with the data's mean and covariance, the covariance widened by a factor
+    gmm       a Gaussian mixture fitted with scikit-learn, each covariance widened by a factor
+"""
+
+from __future__ import annotations
+
+import torch
+from sklearn.mixture import GaussianMixture as _SkGaussianMixture
+from torch import Tensor, nn
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+
+def _check_points(x: Tensor) -> None:
+    if x.shape[-1:] != (2,):
+        raise ValueError(f"expected points of shape (..., 2), got {tuple(x.shape)}")
+
+
+class GaussianMixtureNoise(nn.Module):
+    """A mixture of K full-covariance Gaussians in 2D (K = 1 is a single Gaussian).
+
+    Buffers: ``logits`` (K,), ``loc`` (K, 2), ``scale_tril`` (K, 2, 2).
+    """
+
+    def __init__(self, logits: Tensor, loc: Tensor, scale_tril: Tensor):
+        super().__init__()
+        k = logits.shape[0]
+        if loc.shape != (k, 2) or scale_tril.shape != (k, 2, 2):
+            raise ValueError(
+                f"inconsistent shapes: logits {tuple(logits.shape)}, loc {tuple(loc.shape)}, "
+                f"scale_tril {tuple(scale_tril.shape)}"
+            )
+        self.register_buffer("logits", logits.float())
+        self.register_buffer("loc", loc.float())
+        self.register_buffer("scale_tril", scale_tril.float())
+
+    @classmethod
+    def empty(cls, components: int) -> GaussianMixtureNoise:
+        """Placeholder of the right shapes, to be filled by ``load_state_dict``."""
+        return cls(torch.zeros(components), torch.zeros(components, 2), torch.eye(2).expand(components, 2, 2))
+
+    def distribution(self) -> MixtureSameFamily:
+        return MixtureSameFamily(
+            Categorical(logits=self.logits), MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+        )
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log q(x): (..., 2) → (...)."""
+        _check_points(x)
+        return self.distribution().log_prob(x)
+
+    def sample(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None) -> Tensor:
+        """Draw (*shape, 2) points: a component k by its weight, then loc_k + L_k·z, z ~ N(0, I)."""
+        shape = torch.Size(shape)
+        n = shape.numel()
+        k = torch.multinomial(self.logits.softmax(0), n, replacement=True, generator=generator)  # (n,)
+        z = torch.randn(n, 2, 1, generator=generator, device=self.loc.device)  # (n, 2, 1)
+        x = self.loc[k] + (self.scale_tril[k] @ z).squeeze(-1)  # (n, 2)
+        return x.reshape(*shape, 2)
+
+
+def fixed_gaussian(std: float = 2.0) -> GaussianMixtureNoise:
+    """N(0, std²·I); the seed's default is std = 2, i.e. N(0, 4·I)."""
+    return GaussianMixtureNoise(torch.zeros(1), torch.zeros(1, 2), std * torch.eye(2)[None])
+
+
+def fitted_gaussian(data: Tensor, widen: float = 1.0) -> GaussianMixtureNoise:
+    """N(mean, widen·cov) with the mean and covariance of ``data`` (N, 2)."""
+    data = data.double()
+    cov = torch.cov(data.T) * widen
+    return GaussianMixtureNoise(torch.zeros(1), data.mean(0)[None], torch.linalg.cholesky(cov)[None])
+
+
+def fitted_mixture(data: Tensor, components: int = 8, widen: float = 1.5, seed: int = 0) -> GaussianMixtureNoise:
+    """A K-component Gaussian mixture fitted to ``data`` (N, 2) by EM (scikit-learn), covariances × widen."""
+    gm = _SkGaussianMixture(components, covariance_type="full", random_state=seed, reg_covar=1e-4)
+    gm.fit(data.double().cpu().numpy())
+    cov = torch.from_numpy(gm.covariances_) * widen
+    return GaussianMixtureNoise(
+        torch.from_numpy(gm.weights_).log(), torch.from_numpy(gm.means_), torch.linalg.cholesky(cov)
+    )
+
+
+NOISE_CHOICES = ("gaussian", "fitted", "gmm")
+
+
+def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5, seed: int = 0) -> GaussianMixtureNoise:
+    """Build the noise ``name`` (one of NOISE_CHOICES), fitting it to ``data`` (N, 2) where it needs data.
+
+    ``widen`` multiplies the fitted covariances (fitted, gmm); ``components`` is K for gmm.
+    """
+    if name == "gaussian":
+        return fixed_gaussian()
+    if name == "fitted":
+        return fitted_gaussian(data, widen)
+    if name == "gmm":
+        return fitted_mixture(data, components, widen, seed)
+    raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_CHOICES)}")
+
+
+def empty_noise(name: str, components: int = 8) -> GaussianMixtureNoise:
+    """A noise module of the right shapes for ``name``, to restore from a state dict without refitting."""
+    if name not in NOISE_CHOICES:
+        raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    return GaussianMixtureNoise.empty(components if name == "gmm" else 1)
