@@ -52,86 +52,100 @@ def zipf_counts(vocab_size: int) -> torch.Tensor:
     return (1e9 / torch.arange(1, vocab_size + 1, dtype=torch.float64)).floor()
 
 
-def median_seconds(fn, repeats: int, warmup: int = 0) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(fns: dict, repeats: dict, warmup: int = 1) -> dict:
+    """Median seconds per call of each function, timed round-robin (one call of each in turn), so that load
+    changes on a shared machine hit every entry alike. `repeats` maps each key to its number of timings."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {key: [] for key in fns}
+    for round_ in range(max(repeats.values())):
+        for key, fn in fns.items():
+            if round_ < repeats[key]:
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
-def make_step(vocab_size: int, loss_key: str):
-    """A closure running one training step, and the layer (kept alive by the closure)."""
-    loss, k = LOSSES[loss_key]
-    layer = SampledOutput(HIDDEN, vocab_size, noise=zipf_counts(vocab_size), loss=loss, noise_ratio=k)
-    if loss == "full":
-        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)  # dense gradients over all V rows
-    else:
-        optimizer = torch.optim.SparseAdam(layer.sparse_parameters(), lr=1e-3)  # touched rows only
-    hidden = torch.randn(BATCH, BPTT, HIDDEN, requires_grad=True)  # gradient flows back as to a network
-    target = layer.noise.sample((BATCH, BPTT))  # Zipfian targets: realistic accidental hits
+def make_steps(vocab_size: int, keys: list[str]) -> dict:
+    """One closure per loss running a training step of the output layer. The sampled losses share one layer
+    and one SparseAdam (touched rows only); full softmax gets its own layer with dense Adam over V×H."""
+    hidden = torch.randn(BATCH, BPTT, HIDDEN, requires_grad=True)  # its gradient flows back as to a network
+    steps = {}
+    sampled = sampled_optimizer = None
+    for key in keys:
+        loss, k = LOSSES[key]
+        if loss == "full":
+            layer = SampledOutput(HIDDEN, vocab_size, noise=zipf_counts(vocab_size), loss="full")
+            optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+        else:
+            if sampled is None:
+                sampled = SampledOutput(HIDDEN, vocab_size, noise=zipf_counts(vocab_size), loss="nce")
+                sampled_optimizer = torch.optim.SparseAdam(sampled.sparse_parameters(), lr=1e-3)
+            layer, optimizer = sampled, sampled_optimizer
+        target = layer.noise.sample((BATCH, BPTT))  # Zipfian targets: realistic accidental hits
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        hidden.grad = None
-        layer(hidden, target).backward()
-        optimizer.step()
+        def step(layer=layer, optimizer=optimizer, target=target, loss=loss, k=k) -> None:
+            layer.loss, layer.noise_ratio = loss, k
+            optimizer.zero_grad(set_to_none=True)
+            hidden.grad = None
+            layer(hidden, target).backward()
+            optimizer.step()
 
-    return step
+        steps[key] = step
+    return steps
 
 
 def bench_steps(vocabs: list[int], losses: list[str], repeats: int, full_max_vocab: int) -> list[dict]:
+    fns, reps = {}, {}
+    for vocab_size in vocabs:
+        keys = [key for key in losses if key != "full" or vocab_size <= full_max_vocab]
+        for key, step in make_steps(vocab_size, keys).items():
+            fns[vocab_size, key] = step
+            full_reps = repeats if vocab_size <= 10_000 else max(2, repeats // (2 if vocab_size <= 33_000 else 5))
+            reps[vocab_size, key] = full_reps if key == "full" else repeats
+    medians = interleaved_medians(fns, reps, warmup=2)
     rows = []
     for vocab_size in vocabs:
         for key in losses:
-            if key == "full" and vocab_size > full_max_vocab:
-                rows.append({"vocab": vocab_size, "loss": key, "ms": None, "repeats": 0})
-                continue
-            reps = repeats if key != "full" or vocab_size <= 33_000 else max(2, repeats // 5)
-            warmup = 3 if key != "full" or vocab_size <= 100_000 else 1
-            step = make_step(vocab_size, key)
-            seconds = median_seconds(step, reps, warmup)
-            rows.append({"vocab": vocab_size, "loss": key, "ms": 1e3 * seconds, "repeats": reps})
-            print(f"  step V={vocab_size} {key}: {1e3 * seconds:.2f} ms ({reps} repeats)", file=sys.stderr)
-            del step
-            gc.collect()
+            seconds = medians.get((vocab_size, key))
+            rows.append({"vocab": vocab_size, "loss": key, "ms": None if seconds is None else 1e3 * seconds,
+                         "repeats": reps.get((vocab_size, key), 0)})
     return rows
 
 
 def bench_alias(vocabs: list[int], repeats: int) -> list[dict]:
-    rows = []
+    fns = {}
     for vocab_size in vocabs:
         for name, probs in (("zipf", zipf_counts(vocab_size)), ("uniform-random", torch.rand(vocab_size))):
-            seconds = median_seconds(lambda p=probs: AliasSampler(p), repeats, warmup=1)
-            rows.append({"vocab": vocab_size, "probs": name, "ms": 1e3 * seconds})
-    return rows
+            fns[vocab_size, name] = lambda p=probs: AliasSampler(p)
+    medians = interleaved_medians(fns, dict.fromkeys(fns, repeats))
+    return [{"vocab": v, "probs": name, "ms": 1e3 * seconds} for (v, name), seconds in medians.items()]
 
 
 def bench_draws(vocabs: list[int], sizes: list[int], repeats: int) -> list[dict]:
     """Each timing is a loop of calls drawing ≥ 10⁵ values in all, so per-call overhead is measured fairly."""
-    rows = []
+    fns, calls = {}, {}
     for vocab_size in vocabs:
         probs = zipf_counts(vocab_size).float()
         probs /= probs.sum()
         sampler = AliasSampler(probs)
         for n in sizes:
-            calls = max(1, 100_000 // n)
+            calls[vocab_size, n] = m = max(1, 100_000 // n)
 
-            def alias(n=n, calls=calls, sampler=sampler):
-                for _ in range(calls):
+            def alias(n=n, m=m, sampler=sampler):
+                for _ in range(m):
                     sampler.sample((n,))
 
-            def multinomial(n=n, calls=calls, probs=probs):
-                for _ in range(calls):
+            def multinomial(n=n, m=m, probs=probs):
+                for _ in range(m):
                     torch.multinomial(probs, n, replacement=True)
 
-            alias_s = median_seconds(alias, repeats, warmup=1) / calls
-            multi_s = median_seconds(multinomial, repeats, warmup=1) / calls
-            rows.append({"vocab": vocab_size, "n": n, "alias_per_s": n / alias_s, "multinomial_per_s": n / multi_s})
-    return rows
+            fns[vocab_size, n, "alias"], fns[vocab_size, n, "multinomial"] = alias, multinomial
+    medians = interleaved_medians(fns, dict.fromkeys(fns, repeats))
+    return [{"vocab": v, "n": n, "alias_per_s": n * calls[v, n] / medians[v, n, "alias"],
+             "multinomial_per_s": n * calls[v, n] / medians[v, n, "multinomial"]} for (v, n) in calls]
 
 
 def _rss_kib(field: str) -> int:
@@ -144,7 +158,7 @@ def _rss_kib(field: str) -> int:
 def memory_child(vocab_size: int, loss_key: str, steps: int) -> dict:
     """Runs in a fresh process: RSS after set-up and one step (optimiser state allocated; freed heap handed
     back to the OS with glibc's malloc_trim), then the peak RSS over `steps` steps."""
-    step = make_step(vocab_size, loss_key)
+    step = make_steps(vocab_size, [loss_key])[loss_key]
     step()
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -219,8 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         out += ["### Training step: output layer + loss + optimiser update (hidden 256, 20×35 tokens)", "",
                 step_table(results["step"]), ""]
     if "alias" in args.sections:
-        results["alias"] = bench_alias([10_000, 100_000, 1_000_000], repeats=7)
-        out += ["### Alias table build (AliasSampler(probs), median of 7)", "",
+        results["alias"] = bench_alias([10_000, 100_000, 1_000_000], repeats=9)
+        out += ["### Alias table build (AliasSampler(probs), median of 9)", "",
                 "| V | probabilities | build ms |", "|---|---|---|"]
         out += [f"| {r['vocab']:,} | {r['probs']} | {r['ms']:.1f} |" for r in results["alias"]] + [""]
     if "draws" in args.sections:

@@ -130,7 +130,8 @@ def build_alias_table(probs: Tensor) -> tuple[Tensor, Tensor]:
     vocab_size = p.numel()
     w = p * (vocab_size / p.sum())  # (V,) mean 1
     light = w < 1
-    light[w.argmax()] = False  # at least one heavy token, whatever the rounding
+    if light.all():  # rounding left no token at or above the mean: the largest one is heavy
+        light[w.argmax()] = False
     light_idx = light.nonzero().squeeze(1)  # (L,)
     heavy_idx = (~light).nonzero().squeeze(1)  # (Hv,)
     deficit_end = torch.cumsum(1 - w[light_idx], 0)  # (L,) D_i
