@@ -3,8 +3,9 @@
 Prints markdown tables and writes them (plus JSON) to bench/results/:
 
   1. step   forward + backward + optimiser update of SampledOutput + loss, hidden 256, 20×35 tokens, for
-            full softmax (dense Adam over V×H, the seed's design) vs NCE k=100, k=500 and sampled softmax k=100
-            (sparse gradients, SparseAdam on the touched rows only): median ms, tokens/s, speed-up over full.
+            full softmax (dense Adam over V×H) vs NCE k=100, k=500 and sampled softmax k=100 (sparse gradients,
+            SparseAdam on the touched rows only), and NCE k=100 the seed's way (dense gradients, dense Adam):
+            median ms, tokens/s, speed-up over full. Dense steps get fewer repeats at large V.
   2. alias  AliasSampler build time (vectorised O(V) table) at V = 10k, 100k, 1M.
   3. draws  draws/s of AliasSampler.sample vs torch.multinomial(probs, n, replacement=True), for n = 100
             (one step's shared noise) and n = 10⁶.
@@ -43,7 +44,15 @@ import torch
 from ebm.lm import AliasSampler, SampledOutput
 
 HIDDEN, BATCH, BPTT = 256, 20, 35
-LOSSES = {"full": ("full", 1), "nce100": ("nce", 100), "nce500": ("nce", 500), "sampled100": ("sampled", 100)}
+# name → (loss, k, sparse gradients + SparseAdam?); "nce100-dense" is NCE the seed's way: dense V×H gradients, Adam.
+LOSSES = {
+    "full": ("full", 1, False),
+    "nce100": ("nce", 100, True),
+    "nce500": ("nce", 500, True),
+    "sampled100": ("sampled", 100, True),
+    "nce100-dense": ("nce", 100, False),
+}
+DENSE_KEYS = [key for key, (_, _, sparse) in LOSSES.items() if not sparse]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -69,15 +78,17 @@ def interleaved_medians(fns: dict, repeats: dict, warmup: int = 1) -> dict:
 
 
 def make_steps(vocab_size: int, keys: list[str]) -> dict:
-    """One closure per loss running a training step of the output layer. The sampled losses share one layer
-    and one SparseAdam (touched rows only); full softmax gets its own layer with dense Adam over V×H."""
+    """One closure per loss running a training step of the output layer. The sparse sampled losses share one
+    layer and one SparseAdam (touched rows only); full softmax and the dense NCE variant each get their own
+    layer with dense Adam over all V×H weights."""
     hidden = torch.randn(BATCH, BPTT, HIDDEN, requires_grad=True)  # its gradient flows back as to a network
     steps = {}
     sampled = sampled_optimizer = None
     for key in keys:
-        loss, k = LOSSES[key]
-        if loss == "full":
-            layer = SampledOutput(HIDDEN, vocab_size, noise=zipf_counts(vocab_size), loss="full")
+        loss, k, sparse = LOSSES[key]
+        if not sparse:
+            layer = SampledOutput(HIDDEN, vocab_size, noise=zipf_counts(vocab_size), loss=loss, noise_ratio=k,
+                                  sparse=False)
             optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
         else:
             if sampled is None:
@@ -101,10 +112,10 @@ def bench_steps(vocabs: list[int], losses: list[str], repeats: int, full_max_voc
     fns, reps = {}, {}
     for vocab_size in vocabs:
         keys = [key for key in losses if key != "full" or vocab_size <= full_max_vocab]
+        dense_reps = repeats if vocab_size <= 10_000 else max(2, repeats // (2 if vocab_size <= 33_000 else 5))
         for key, step in make_steps(vocab_size, keys).items():
             fns[vocab_size, key] = step
-            full_reps = repeats if vocab_size <= 10_000 else max(2, repeats // (2 if vocab_size <= 33_000 else 5))
-            reps[vocab_size, key] = full_reps if key == "full" else repeats
+            reps[vocab_size, key] = dense_reps if key in DENSE_KEYS else repeats
     medians = interleaved_medians(fns, reps, warmup=2)
     rows = []
     for vocab_size in vocabs:
@@ -213,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--full-max-vocab", type=int, default=100_000,
-                        help="largest V at which full softmax is timed (at 1M it needs ≈ 6 GB and seconds per step)")
+                        help="largest V at which full softmax is timed (at 1M it needs ≈ 6 GB and ~a minute per step)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -12,9 +12,13 @@ with sparse gradients (Jean et al. 2015's point: cost independent of V), so an o
 sparse gradients updates only those rows:
 
     layer = SampledOutput(in_features=H, vocab_size=V, noise=counts, loss="nce", noise_ratio=100)
-    optimizer = make_optimizer(model, "adam", lr, sparse=layer.sparse_parameters())  # ebm.lm.optim
-    # Adam on dense parameters + SparseAdam on the touched rows; "sgd" applies sparse rows directly.
-    # Clip with ebm.lm.optim.clip_grad_norm_ (torch's own fails on sparse gradients).
+    sparse_opt = torch.optim.SparseAdam(layer.sparse_parameters(), lr=1e-3)  # touched rows of weight, bias
+    dense_opt = torch.optim.Adam(layer.dense_parameters(), lr=1e-3)   # only with norm="learn" (else empty)
+    # torch.optim.SGD(layer.parameters(), lr) also applies sparse gradients row-wise (no momentum/decay).
+
+In a whole model, ``ebm.lm.optim.make_optimizer(model, "adam", lr, sparse=model.sparse_parameters())`` builds
+both, and ``ebm.lm.optim.clip_grad_norm_`` clips sparse gradients (torch's own clip fails on them). The
+"full" loss gives dense gradients, so ``sparse_parameters()`` is empty while it is selected.
 """
 
 from __future__ import annotations
