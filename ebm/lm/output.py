@@ -13,7 +13,7 @@ sparse gradients updates only those rows:
 
     layer = SampledOutput(in_features=H, vocab_size=V, noise=counts, loss="nce", noise_ratio=100)
     sparse_opt = torch.optim.SparseAdam(layer.sparse_parameters(), lr=1e-3)  # touched rows of weight, bias
-    dense_opt = torch.optim.Adam(layer.dense_parameters(), lr=1e-3)   # only with norm="learn" (else empty)
+    # layer.dense_parameters() is [norm] with norm="learn" (give it to torch.optim.Adam), else empty.
     # torch.optim.SGD(layer.parameters(), lr) also applies sparse gradients row-wise (no momentum/decay).
 
 In a whole model, ``ebm.lm.optim.make_optimizer(model, "adam", lr, sparse=model.sparse_parameters())`` builds
