@@ -12,7 +12,7 @@ from dataclasses import fields
 from ebm.data.toy import TOY_DATASETS
 from ebm.energy.model import ACTIVATIONS
 from ebm.energy.noise import NOISE_CHOICES
-from ebm.energy.train import EnergyConfig, TrainingDiverged, train_energy
+from ebm.energy.train import BASE_CHOICES, EnergyConfig, TrainingDiverged, train_energy
 from ebm.utils import CheckpointError
 from ebm.utils.device import DEVICE_CHOICES
 
@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive(int), default=d["width"], help="hidden units per layer")
     p.add_argument("--depth", type=_positive(int), default=d["depth"], help="hidden layers")
     p.add_argument("--activation", choices=tuple(ACTIVATIONS), default=d["activation"])
+    p.add_argument(
+        "--base",
+        choices=BASE_CHOICES,
+        default=d["base"],
+        help="noise: energy relative to the noise density; none: a plain MLP energy",
+    )
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--device", default=d["device"], help=f"one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

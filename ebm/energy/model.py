@@ -4,6 +4,14 @@
 
 NCE learns c like any other parameter (Gutmann & Hyvärinen 2010), so ``log_prob`` is a normalised
 log-density once training has converged; ``ebm.energy.evaluate`` measures how close it is.
+
+Optionally the energy is taken relative to a base density b (in practice the NCE noise q):
+
+    f(x) = g(x) − log b(x),   log p(x) = log b(x) − g(x) − c,
+
+with g the MLP. At initialisation (g ≈ 0, c = 0) the model is then b itself, already normalised, and the
+network only learns the log-ratio −log(p_data/b) − c, which is bounded and smooth where b covers the data.
+With b = q the NCE logit G = −g − c − log ν no longer contains q at all.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ class EnergyMLP(nn.Module):
         width: hidden units per layer.
         depth: number of hidden layers.
         activation: one of ``ACTIVATIONS``.
+        base: a module with ``log_prob(x)``: (B, 2) → (B,) (e.g. the noise), or None for a plain MLP energy.
     """
 
-    def __init__(self, width: int = 128, depth: int = 3, activation: str = "silu"):
+    def __init__(self, width: int = 128, depth: int = 3, activation: str = "silu", base: nn.Module | None = None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
@@ -34,10 +43,12 @@ class EnergyMLP(nn.Module):
             layers += [nn.Linear(2 if i == 0 else width, width), ACTIVATIONS[activation]()]
         self.net = nn.Sequential(*layers, nn.Linear(width, 1))
         self.log_z = nn.Parameter(torch.zeros(()))
+        self.base = base
 
     def energy(self, x: Tensor) -> Tensor:
-        """f(x): (B, 2) → (B,)."""
-        return self.net(x).squeeze(-1)
+        """f(x) = g(x) [− log b(x) with a base]: (B, 2) → (B,)."""
+        g = self.net(x).squeeze(-1)  # (B,)
+        return g if self.base is None else g - self.base.log_prob(x)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) = −f(x) − log_z: (B, 2) → (B,)."""

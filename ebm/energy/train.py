@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ebm.data.toy import REFERENCE_DATASETS, TOY_DATASETS, log_prob, sample
 from ebm.energy.evaluate import Grid, chunked, density_metrics, grid_log_prob
 from ebm.energy.model import ACTIVATIONS, EnergyMLP
-from ebm.energy.noise import NOISE_CHOICES, empty_noise, make_noise
+from ebm.energy.noise import NOISE_CHOICES, GaussianMixtureNoise, empty_noise, make_noise
 from ebm.energy.objective import nce_loss
 from ebm.energy.plot import DensityFigure
 from ebm.utils import (
@@ -36,6 +36,7 @@ from ebm.utils import (
 )
 
 CHECKPOINT = "checkpoint.pt"
+BASE_CHOICES = ("noise", "none")
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,6 +59,7 @@ class EnergyConfig:
     width: int = 128  # hidden units per layer of the energy MLP
     depth: int = 3  # hidden layers
     activation: str = "silu"
+    base: str = "noise"  # "noise": energy relative to the noise density (log p = log q − g − c); "none": plain MLP
     seed: int = 0
     device: str = "auto"  # auto tries cuda, then mps, then cpu
     out: str = ""  # run folder; "" means runs/<dataset>
@@ -71,6 +73,8 @@ class EnergyConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(TOY_DATASETS)}")
         if self.noise not in NOISE_CHOICES:
             raise ValueError(f"unknown noise {self.noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
+        if self.base not in BASE_CHOICES:
+            raise ValueError(f"unknown base {self.base!r}; choose one of {', '.join(BASE_CHOICES)}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         for name in ("epochs", "samples", "batch_size", "noise_components", "width", "depth", "eval_points"):
@@ -102,8 +106,9 @@ def cosine_lr(step: int, total_steps: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * step / total_steps))
 
 
-def build_model(config: EnergyConfig) -> EnergyMLP:
-    return EnergyMLP(config.width, config.depth, config.activation)
+def build_model(config: EnergyConfig, noise: GaussianMixtureNoise) -> EnergyMLP:
+    """The energy network of ``config``, relative to ``noise`` when ``config.base == "noise"``."""
+    return EnergyMLP(config.width, config.depth, config.activation, noise if config.base == "noise" else None)
 
 
 def _check_resumable(saved: dict[str, Any], config: EnergyConfig) -> None:
@@ -134,20 +139,21 @@ def train_energy(config: EnergyConfig) -> dict[str, float]:
     seed_everything(config.seed)
     data_gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    model = build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if state is None:
         fit_points = sample(config.dataset, 20_000, data_gen)
         noise = make_noise(config.noise, fit_points, config.noise_components, config.noise_widen, config.seed)
-        start_epoch = 0
     else:
         noise = empty_noise(config.noise, config.noise_components)
         noise.load_state_dict(state["noise"])
+    model = build_model(config, noise).to(device)
+    noise = noise.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start_epoch = 0
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], data_gen, noise_gen)
         start_epoch = state["epoch"]
-    noise = noise.to(device)
 
     # A fixed test set, drawn from its own generator so that it does not depend on training.
     test = sample(config.dataset, config.eval_points, torch.Generator().manual_seed(config.seed + 1_000_003))
@@ -255,6 +261,6 @@ def load_model(path: str | os.PathLike) -> EnergyMLP:
     state = load_checkpoint(path / CHECKPOINT if path.is_dir() else path)
     names = {f.name for f in fields(EnergyConfig)}
     config = EnergyConfig(**{k: v for k, v in state["config"].items() if k in names})
-    model = build_model(config)
+    model = build_model(config, empty_noise(config.noise, config.noise_components))
     model.load_state_dict(state["model"])
     return model.eval()
