@@ -110,9 +110,10 @@ def build_alias_table(probs: Tensor) -> tuple[Tensor, Tensor]:
     """The alias table of a categorical distribution, built in O(V) tensor operations (no Python loop).
 
     Scaled weights w_i = V·p_i split the tokens into light (w < 1) and heavy (w ≥ 1) ones. Bucket i keeps
-    token i with probability accept_i and otherwise yields alias_i. The table is the one Vose's sweep
-    produces when heavy tokens are consumed in order and a heavy token that drops below 1 has its own
-    bucket topped up by the next heavy token. With cumulative light deficits D_i = Σ_{i'≤i} (1 − w_{l_i'})
+    token i with probability accept_i and otherwise yields alias_i. The table is the one the sequential sweep
+    of Hübschle-Schneider & Sanders (2019, "Parallel weighted random sampling") produces: heavy tokens are
+    consumed in order, and a heavy token that drops below 1 has its own bucket topped up by the next one.
+    With cumulative light deficits D_i = Σ_{i'≤i} (1 − w_{l_i'})
     and cumulative heavy excesses E_j = Σ_{j'≤j} (w_{h_j'} − 1), that sweep has a closed form:
 
         light l_i: accept = w_{l_i},            alias = h_j for the first j with E_j > D_{i−1}
@@ -161,7 +162,7 @@ class AliasSampler(NoiseSampler):
 
     A draw picks a bucket b uniformly and keeps it with probability accept_b, else returns alias_b:
     q(w) = (accept_w + Σ_{b: alias_b = w} (1 − accept_b)) / V. The table is built by ``build_alias_table``
-    in O(V) vectorised operations (≈ tens of ms at V = 10⁶ on a CPU).
+    in O(V) vectorised operations (≈ 0.05–0.1 s at V = 10⁶ on one CPU core; a Python loop takes seconds).
 
     Args:
         probs: (V,) non-negative weights, any scale. Tokens with weight 0 are never drawn (log q = −∞);
