@@ -113,8 +113,8 @@ def build_alias_table(probs: Tensor) -> tuple[Tensor, Tensor]:
     token i with probability accept_i and otherwise yields alias_i. The table is the one the sequential sweep
     of Hübschle-Schneider & Sanders (2019, "Parallel weighted random sampling") produces: heavy tokens are
     consumed in order, and a heavy token that drops below 1 has its own bucket topped up by the next one.
-    With cumulative light deficits D_i = Σ_{i'≤i} (1 − w_{l_i'})
-    and cumulative heavy excesses E_j = Σ_{j'≤j} (w_{h_j'} − 1), that sweep has a closed form:
+    With cumulative light deficits D_i = Σ_{i'≤i} (1 − w_{l_i'}) and cumulative heavy excesses
+    E_j = Σ_{j'≤j} (w_{h_j'} − 1), that sweep has a closed form:
 
         light l_i: accept = w_{l_i},            alias = h_j for the first j with E_j > D_{i−1}
         heavy h_j: accept = 1 − (D_{n_j} − E_j), alias = h_{j+1},   n_j = #{i : D_{i−1} < E_j}
