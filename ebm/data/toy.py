@@ -133,6 +133,8 @@ def sample(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     _check_name(name, _SAMPLERS)
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
+    if n == 0:
+        return torch.zeros(0, 2)
     g = generator if generator is not None else torch.default_generator
     return _SAMPLERS[name](n, g).to(torch.float32).reshape(n, 2)
 

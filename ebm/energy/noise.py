@@ -42,7 +42,7 @@ class GaussianMixtureNoise(nn.Module):
     @classmethod
     def empty(cls, components: int) -> GaussianMixtureNoise:
         """Placeholder of the right shapes, to be filled by ``load_state_dict``."""
-        return cls(torch.zeros(components), torch.zeros(components, 2), torch.eye(2).expand(components, 2, 2))
+        return cls(torch.zeros(components), torch.zeros(components, 2), torch.eye(2).repeat(components, 1, 1))
 
     def distribution(self) -> MixtureSameFamily:
         return MixtureSameFamily(
@@ -77,8 +77,12 @@ def fitted_gaussian(data: Tensor, widen: float = 1.0) -> GaussianMixtureNoise:
 
 
 def fitted_mixture(data: Tensor, components: int = 8, widen: float = 1.5, seed: int = 0) -> GaussianMixtureNoise:
-    """A K-component Gaussian mixture fitted to ``data`` (N, 2) by EM (scikit-learn), covariances × widen."""
-    gm = _SkGaussianMixture(components, covariance_type="full", random_state=seed, reg_covar=1e-4)
+    """A K-component Gaussian mixture fitted to ``data`` (N, 2) by EM (scikit-learn), covariances × widen.
+
+    EM is started from five k-means initialisations and the most likely fit is kept (one start can merge
+    two modes of 8gaussians into one component).
+    """
+    gm = _SkGaussianMixture(components, covariance_type="full", n_init=5, random_state=seed, reg_covar=1e-4)
     gm.fit(data.double().cpu().numpy())
     cov = torch.from_numpy(gm.covariances_) * widen
     return GaussianMixtureNoise(

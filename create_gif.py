@@ -1,0 +1,71 @@
+"""Turn the frames of a run into one GIF, in pure Python (imageio; no external program).
+
+    python create_gif.py images/pinwheel                      # → images/pinwheel.gif
+    python create_gif.py images/pinwheel --duration 0.2 --scale 0.5 --out pinwheel.gif
+
+Frames are the folder's ``epoch_XXXX.png`` files, taken in numeric epoch order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+FRAME = re.compile(r"epoch_(\d+)\.png")
+
+
+def frames_in(folder: Path) -> list[Path]:
+    """The folder's epoch_N.png files sorted by N (so epoch_10 follows epoch_9 at any zero padding)."""
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := FRAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def make_gif(frames: list[Path], out: Path, duration: float = 0.25, scale: float = 1.0) -> Path:
+    """Write ``frames`` to the GIF ``out``, each shown ``duration`` seconds, resized by ``scale``."""
+    images = []
+    for path in frames:
+        image = Image.open(path).convert("RGB")
+        if scale != 1.0:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
+        images.append(np.asarray(image))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(out, np.stack(images), extension=".gif", duration=duration * 1000, loop=0)
+    return out
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Make a GIF from a folder of epoch_XXXX.png frames.")
+    parser.add_argument("folder", type=Path, help="folder with the frames, e.g. images/pinwheel")
+    parser.add_argument("--duration", type=_positive_float, default=0.25, help="seconds per frame")
+    parser.add_argument("--scale", type=_positive_float, default=1.0, help="resize factor for every frame")
+    parser.add_argument("--out", type=Path, default=None, help="output file (default: <folder>.gif)")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder")
+    frames = frames_in(args.folder)
+    if not frames:
+        parser.error(f"no epoch_XXXX.png frames in {args.folder}")
+    out = make_gif(frames, args.out or args.folder.with_suffix(".gif"), args.duration, args.scale)
+    print(f"wrote {out} ({len(frames)} frames)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

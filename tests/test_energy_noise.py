@@ -1,0 +1,77 @@
+"""Noise distributions: normalised, samplers match their densities, state dicts restore them."""
+
+import pytest
+import torch
+
+from ebm.data.toy import sample
+from ebm.energy.evaluate import Grid, grid_log_prob, log_normaliser
+from ebm.energy.noise import NOISE_CHOICES, empty_noise, make_noise
+
+
+@pytest.fixture(scope="module")
+def data():
+    return sample("8gaussians", 5000, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", NOISE_CHOICES)
+def test_noise_integrates_to_one(name, data):
+    noise = make_noise(name, data)
+    grid = Grid(12.0, 400)
+    log_z, _ = log_normaliser(grid_log_prob(noise.log_prob, grid), grid)
+    assert log_z == pytest.approx(0.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("name", NOISE_CHOICES)
+def test_samples_match_density_moments(name, data):
+    noise = make_noise(name, data)
+    x = noise.sample((200, 300), torch.Generator().manual_seed(1))
+    assert x.shape == (200, 300, 2)
+    x = x.reshape(-1, 2).double()
+    dist = noise.distribution()
+    assert torch.allclose(x.mean(0), dist.mean.double(), atol=0.03)
+    # Exact check of the whole distribution: the mean log-density of its own samples equals its entropy.
+    grid = Grid(12.0, 400)
+    log_q = grid_log_prob(noise.log_prob, grid).double()
+    entropy = -(log_q.exp() * log_q).sum() * grid.spacing**2
+    assert -noise.log_prob(x[:50_000].float()).mean().item() == pytest.approx(entropy.item(), abs=0.02)
+
+
+def test_fixed_gaussian_is_the_seed_default(data):
+    noise = make_noise("gaussian", data)
+    x = noise.sample((100_000,), torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.cov(x.T), 4 * torch.eye(2), atol=0.06)
+
+
+def test_fitted_gaussian_uses_data_moments(data):
+    noise = make_noise("fitted", data, widen=2.0)
+    cov = noise.scale_tril[0] @ noise.scale_tril[0].T
+    assert torch.allclose(cov, 2.0 * torch.cov(data.T), atol=1e-4)
+    assert torch.allclose(noise.loc[0], data.mean(0), atol=1e-5)
+
+
+def test_gmm_finds_the_eight_modes(data):
+    noise = make_noise("gmm", data, components=8, widen=1.0)
+    angles = torch.arange(8) * torch.pi / 4
+    means = 2 * 2**0.5 * torch.stack([angles.cos(), angles.sin()], 1)
+    assert torch.cdist(noise.loc, means).min(1).values.max() < 0.05
+    assert torch.allclose(noise.logits.softmax(0), torch.full((8,), 1 / 8), atol=0.02)
+
+
+@pytest.mark.parametrize("name", NOISE_CHOICES)
+def test_state_dict_round_trip(name, data):
+    noise = make_noise(name, data)
+    restored = empty_noise(name)
+    restored.load_state_dict(noise.state_dict())
+    x = torch.randn(10, 2)
+    assert torch.equal(noise.log_prob(x), restored.log_prob(x))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(noise.sample((7,), g1), restored.sample((7,), g2))
+
+
+def test_errors(data):
+    with pytest.raises(ValueError, match="gaussian, fitted, gmm"):
+        make_noise("uniform", data)
+    with pytest.raises(ValueError, match="gaussian, fitted, gmm"):
+        empty_noise("uniform")
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
+        make_noise("gaussian", data).log_prob(torch.zeros(4, 3))
