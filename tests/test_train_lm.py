@@ -91,6 +91,7 @@ def test_load_lm_gives_the_trained_model(tmp_path):
     (["--time-budget", "-5"], "time_budget"),
     (["--norm", "nan"], "norm"),
     (["--model", "generic", "--loss", "full"], "generic"),
+    (["--threads", "0"], "threads"),
     (["--dataset", "nope"], "8gaussians"),
 ])
 def test_cli_rejects_bad_input(tmp_path, capsys, argv, message):

@@ -52,6 +52,7 @@ HELP = {
     "time_budget": "seconds of training (evaluation excluded), for equal wall-clock comparisons",
     "seed": "random seed",
     "device": "auto, cpu, cuda or mps",
+    "threads": "torch CPU threads (default: torch's choice; 1 is often fastest on a shared CPU)",
     "out_dir": "run folder (metrics.jsonl, checkpoint.pt)",
     "resume": "continue from out_dir/checkpoint.pt",
     "log_interval": "steps between progress updates",
@@ -59,7 +60,7 @@ HELP = {
 }
 CHOICES = {"batch_mode": BATCH_MODES, "model": MODELS, "loss": LOSS_NAMES, "noise": NOISE_NAMES,
            "optimizer": OPTIMIZERS}
-OPTIONAL_TYPES = {"max_size": int, "out_size": int, "time_budget": float}
+OPTIONAL_TYPES = {"max_size": int, "out_size": int, "time_budget": float, "threads": int}
 
 
 def _norm(text: str) -> str | float:

@@ -51,7 +51,7 @@ from ebm.utils import (
 MODELS = (*CELLS, "generic")
 BATCH_MODES = ("concat", "sentence")
 # Options that may change between a run and its resumption.
-_RESUMABLE = {"epochs", "time_budget", "resume", "progress", "log_interval", "device", "out_dir"}
+_RESUMABLE = {"epochs", "time_budget", "resume", "progress", "log_interval", "device", "threads", "out_dir"}
 
 
 @dataclass
@@ -63,11 +63,11 @@ class LMConfig:
     data_root: str = "datasets"  # where named corpora live
     min_freq: int = 1  # rarer training words become <unk>
     max_size: int | None = None  # at most this many vocabulary entries (<unk>, <eos> included)
-    synthetic_vocab: int = 500  # V of the synthetic language (the model's vocabulary has V + 1: <unk>)
-    synthetic_tokens: int = 500_000  # synthetic training tokens; valid and test get a tenth each
+    synthetic_vocab: int = 200  # V of the synthetic language (the model's vocabulary has V + 1: <unk>)
+    synthetic_tokens: int = 1_000_000  # synthetic training tokens; valid and test get a tenth each
     synthetic_seed: int = 0  # the language and its samples (independent of the training seed)
     batch_mode: str = "concat"  # "concat": bptt chunks of the concatenated text; "sentence": padded sentences
-    batch_size: int = 64
+    batch_size: int = 32
     bptt: int = 35  # tokens per chunk (concat mode; sentences are cut at this length in sentence mode: 0 = no cut)
     eval_batch_size: int = 10
     # model
@@ -86,7 +86,7 @@ class LMConfig:
     norm: str | float = "auto"  # log-normaliser: "auto" = log V, "learn", or a number
     # optimisation
     optimizer: str = "adam"  # adam (dense Adam + SparseAdam) or sgd
-    lr: float = 5e-3
+    lr: float = 3e-3
     lr_decay: float = 0.5  # lr ← lr · lr_decay when the validation perplexity does not improve
     weight_decay: float = 0.0  # L2, on touched rows only for sparse gradients
     clip: float = 1.0  # global gradient-norm clip (0 = off)
@@ -95,6 +95,7 @@ class LMConfig:
     # run
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads (None: torch's default; 1 is often fastest on a shared CPU)
     out_dir: str = "runs/lm"
     resume: bool = False
     log_interval: int = 50  # steps between loss checks / progress-bar updates
@@ -113,7 +114,7 @@ class LMConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.bptt, int) or self.bptt < 0 or (self.bptt == 0 and self.batch_mode == "concat"):
             raise ValueError(f"bptt must be a positive integer, got {self.bptt!r}")
-        for name in ("max_size", "out_size"):
+        for name in ("max_size", "out_size", "threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
@@ -255,6 +256,8 @@ def train_lm(config: LMConfig) -> dict[str, Any]:
     config.validate()
     wall_start = time.perf_counter()
     device = get_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     corpus = load_lm_corpus(config)
     floor = math.exp(corpus.entropy_rate) if corpus.entropy_rate is not None else None
