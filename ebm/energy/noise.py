@@ -35,6 +35,8 @@ class GaussianMixtureNoise(nn.Module):
                 f"inconsistent shapes: logits {tuple(logits.shape)}, loc {tuple(loc.shape)}, "
                 f"scale_tril {tuple(scale_tril.shape)}"
             )
+        if not (torch.equal(scale_tril, scale_tril.tril()) and (scale_tril.diagonal(dim1=-2, dim2=-1) > 0).all()):
+            raise ValueError("scale_tril must be lower-triangular with a positive diagonal")
         self.register_buffer("logits", logits.float())
         self.register_buffer("loc", loc.float())
         self.register_buffer("scale_tril", scale_tril.float())
@@ -45,8 +47,11 @@ class GaussianMixtureNoise(nn.Module):
         return cls(torch.zeros(components), torch.zeros(components, 2), torch.eye(2).repeat(components, 1, 1))
 
     def distribution(self) -> MixtureSameFamily:
+        # Buffers are checked once at construction, so the per-call argument checks are skipped.
         return MixtureSameFamily(
-            Categorical(logits=self.logits), MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+            Categorical(logits=self.logits, validate_args=False),
+            MultivariateNormal(self.loc, scale_tril=self.scale_tril, validate_args=False),
+            validate_args=False,
         )
 
     def log_prob(self, x: Tensor) -> Tensor:
