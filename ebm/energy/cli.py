@@ -33,39 +33,31 @@ def _positive(kind: type):
 
 def build_parser() -> argparse.ArgumentParser:
     d = {f.name: f.default for f in fields(EnergyConfig)}
-    p = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train a 2D energy model by noise-contrastive estimation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--dataset", choices=TOY_DATASETS, default=d["dataset"])
-    p.add_argument("--epochs", type=_positive(int), default=d["epochs"])
-    p.add_argument("--samples", type=_positive(int), default=d["samples"], help="fresh data points per epoch")
-    p.add_argument("--batch-size", type=_positive(int), default=d["batch_size"])
-    p.add_argument("--lr", type=_positive(float), default=d["lr"], help="peak learning rate (cosine decay)")
-    p.add_argument("--noise", choices=NOISE_CHOICES, default=d["noise"])
-    p.add_argument(
-        "--noise-ratio", type=_positive(float), default=d["noise_ratio"], help="ν: noise samples per data sample"
-    )
-    p.add_argument("--noise-components", type=_positive(int), default=d["noise_components"], help="K of the gmm noise")
-    p.add_argument(
-        "--noise-widen", type=_positive(float), default=d["noise_widen"], help="factor on fitted covariances"
-    )
-    p.add_argument("--width", type=_positive(int), default=d["width"], help="hidden units per layer")
-    p.add_argument("--depth", type=_positive(int), default=d["depth"], help="hidden layers")
-    p.add_argument("--activation", choices=tuple(ACTIVATIONS), default=d["activation"])
-    p.add_argument(
-        "--base",
-        choices=BASE_CHOICES,
-        default=d["base"],
-        help="noise: energy relative to the noise density; none: a plain MLP energy",
-    )
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--device", default=d["device"], help=f"one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+    p = argparse.ArgumentParser(prog="train.py", description="Train a 2D energy model by noise-contrastive estimation.")
+
+    def option(flag: str, help: str, **kwargs) -> None:
+        key = flag[2:].replace("-", "_")
+        p.add_argument(flag, default=d[key], help=f"{help} (default: {d[key]})", **kwargs)
+
+    option("--dataset", "toy distribution", choices=TOY_DATASETS, metavar="NAME")
+    option("--epochs", "epochs; each ends with an evaluation, a frame and a checkpoint", type=_positive(int))
+    option("--samples", "fresh data points per epoch", type=_positive(int))
+    option("--batch-size", "data points per step", type=_positive(int))
+    option("--lr", "peak learning rate of Adam, cosine-decayed to 0", type=_positive(float))
+    option("--noise", f"noise distribution: {', '.join(NOISE_CHOICES)}", choices=NOISE_CHOICES, metavar="NAME")
+    option("--noise-ratio", "ν, noise samples per data sample", type=_positive(float))
+    option("--noise-components", "components of the gmm noise", type=_positive(int))
+    option("--noise-widen", "factor on the fitted noise covariances", type=_positive(float))
+    option("--width", "hidden units per layer", type=_positive(int))
+    option("--depth", "hidden layers", type=_positive(int))
+    option("--activation", f"one of {', '.join(ACTIVATIONS)}", choices=tuple(ACTIVATIONS), metavar="NAME")
+    option("--base", "noise: energy relative to the noise density; none: a plain MLP", choices=BASE_CHOICES)
+    option("--seed", "random seed", type=int)
+    option("--device", f"one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--out", default=d["out"], help="run folder (default runs/<dataset>)")
-    p.add_argument("--images", default=d["images"], help="frame folder (default images/<run>); 'none' for no frames")
-    p.add_argument("--eval-points", type=_positive(int), default=d["eval_points"], help="test points for NLL and KL")
+    p.add_argument("--out", default="", help="run folder (default: runs/<dataset>)")
+    p.add_argument("--images", default="", help="frame folder, or 'none' (default: images/<run folder name>)")
+    option("--eval-points", "test points for the final NLL and KL", type=_positive(int))
     return p
 
 

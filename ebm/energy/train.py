@@ -220,7 +220,8 @@ def train_energy(config: EnergyConfig) -> dict[str, float]:
         plot_seconds = 0.0
         if figure is not None:
             started = time.perf_counter()
-            figure.save(model_image - metrics["log_normaliser"], frame_dir / f"epoch_{epoch:04d}.png", f"epoch {epoch}")
+            text = f"epoch {epoch}" + (f", KL {metrics['kl']:.3f} nats" if "kl" in metrics else "")
+            figure.save(model_image - metrics["log_normaliser"], frame_dir / f"epoch_{epoch:04d}.png", text)
             plot_seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch,
