@@ -49,8 +49,8 @@ class EnergyConfig:
     """Everything that defines a run (saved as ``config.json`` and in the checkpoint)."""
 
     dataset: str = "8gaussians"  # a name in ebm.data.toy.TOY_DATASETS
-    epochs: int = 10  # each epoch ends with an evaluation, a frame and a checkpoint
-    samples: int = 51_200  # fresh data points per epoch (steps per epoch = samples / batch_size)
+    epochs: int = 20  # each epoch ends with an evaluation, a frame and a checkpoint
+    samples: int = 64_000  # fresh data points per epoch (steps per epoch = samples / batch_size)
     batch_size: int = 256  # data points per step
     lr: float = 5e-3  # Adam's peak learning rate, decayed to 0 by a cosine over all steps
     noise: str = "gmm"  # gaussian (the seed's N(0, 4I)), fitted, or gmm
