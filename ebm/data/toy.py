@@ -196,7 +196,7 @@ def _spiral_nodes(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Quadrature over the spiral parameter t ∈ [0, 3π] with nodes evenly spaced in arc length.
 
     The curve c(t)/3 = (−t·cos t, t·sin t)/3 has speed √(1 + t²)/3 and arc length
-    s(t) = (t√(1 + t²) + asinh t)/6 ≈ 14.9 in all. The nodes are the midpoints of SPIRAL_NODES equal
+    s(t) = (t√(1 + t²) + asinh t)/6 ≈ 15.4 in all. The nodes are the midpoints of SPIRAL_NODES equal
     arc-length cells (spacing ≈ 0.025, a quarter of the blur 0.1); the weights are p(t)·dt with
     p(t) = 2t/(3π)² the density of t = 3π√U. Returns nodes (M,) and weights (M,).
     """
