@@ -78,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for field in fields(LMConfig):
         default = field.default if field.default is not MISSING else None
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-")]
+        if field.name == "out_dir":
+            flags.append("--out")  # the same name as the energy model's run folder option
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[field.name])
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=HELP[field.name])
             continue
         kind = _norm if field.name == "norm" else OPTIONAL_TYPES.get(field.name, type(default))
-        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(field.name),
+        parser.add_argument(*flags, type=kind, default=default, choices=CHOICES.get(field.name),
                             help=HELP[field.name])
     return parser
 
