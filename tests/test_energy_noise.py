@@ -1,5 +1,7 @@
 """Noise distributions: normalised, samplers match their densities, state dicts restore them."""
 
+import functools
+
 import pytest
 import torch
 
@@ -13,17 +15,23 @@ def data():
     return sample("8gaussians", 5000, torch.Generator().manual_seed(0))
 
 
+@functools.cache
+def _fitted(name: str):
+    """Each noise fitted once per session (the mixture's EM with five starts takes seconds)."""
+    return make_noise(name, sample("8gaussians", 5000, torch.Generator().manual_seed(0)))
+
+
 @pytest.mark.parametrize("name", NOISE_CHOICES)
-def test_noise_integrates_to_one(name, data):
-    noise = make_noise(name, data)
+def test_noise_integrates_to_one(name):
+    noise = _fitted(name)
     grid = Grid(12.0, 400)
     log_z, _ = log_normaliser(grid_log_prob(noise.log_prob, grid), grid)
     assert log_z == pytest.approx(0.0, abs=2e-3)
 
 
 @pytest.mark.parametrize("name", NOISE_CHOICES)
-def test_samples_match_density_moments(name, data):
-    noise = make_noise(name, data)
+def test_samples_match_density_moments(name):
+    noise = _fitted(name)
     x = noise.sample((200, 300), torch.Generator().manual_seed(1))
     assert x.shape == (200, 300, 2)
     x = x.reshape(-1, 2).double()
@@ -58,8 +66,8 @@ def test_gmm_finds_the_eight_modes(data):
 
 
 @pytest.mark.parametrize("name", NOISE_CHOICES)
-def test_state_dict_round_trip(name, data):
-    noise = make_noise(name, data)
+def test_state_dict_round_trip(name):
+    noise = _fitted(name)
     restored = empty_noise(name)
     restored.load_state_dict(noise.state_dict())
     x = torch.randn(10, 2)
