@@ -7,7 +7,7 @@ import torch
 
 from ebm.data.toy import sample
 from ebm.energy.evaluate import Grid, grid_log_prob, log_normaliser
-from ebm.energy.noise import NOISE_CHOICES, empty_noise, make_noise
+from ebm.energy.noise import DEFENSIVE_WEIGHT, NOISE_CHOICES, empty_noise, make_noise
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,18 @@ def test_gmm_finds_the_eight_modes(data):
     noise = make_noise("gmm", data, components=8, widen=1.0)
     angles = torch.arange(8) * torch.pi / 4
     means = 2 * 2**0.5 * torch.stack([angles.cos(), angles.sin()], 1)
-    assert torch.cdist(noise.loc, means).min(1).values.max() < 0.05
-    assert torch.allclose(noise.logits.softmax(0), torch.full((8,), 1 / 8), atol=0.02)
+    weights = noise.logits.softmax(0)
+    assert torch.cdist(noise.loc[:8], means).min(1).values.max() < 0.05
+    assert torch.allclose(weights[:8], torch.full((8,), (1 - DEFENSIVE_WEIGHT) / 8), atol=0.02)
+
+
+def test_gmm_has_a_broad_defensive_component(data):
+    noise = make_noise("gmm", data, components=8, widen=1.0)
+    assert noise.logits.softmax(0)[-1].item() == pytest.approx(DEFENSIVE_WEIGHT, rel=1e-5)
+    broad_cov = noise.scale_tril[-1] @ noise.scale_tril[-1].T
+    assert torch.allclose(broad_cov, 4.0 * torch.cov(data.T), rtol=1e-4, atol=1e-4)
+    far = torch.tensor([[4.0, -4.0]])  # between and beyond the modes, where the fitted mixture alone is ~0
+    assert noise.log_prob(far).item() > -15
 
 
 @pytest.mark.parametrize("name", NOISE_CHOICES)
