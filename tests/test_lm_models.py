@@ -152,3 +152,15 @@ def test_optimizer_updates_only_touched_rows(name):
     assert changed[touched].all() and not changed[~touched].any()
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer(model, "lbfgs", 0.1)
+
+
+def test_adam_on_a_model_whose_parameters_are_all_sparse_updates_only_touched_rows():
+    layer = SampledOutput(in_features=4, vocab_size=50, noise="uniform", loss="nce", noise_ratio=5)
+    optimizer = make_optimizer(layer, "adam", 0.1, sparse=layer.sparse_parameters())
+    before = layer.weight.detach().clone()
+    target = torch.tensor([3, 7])
+    layer(torch.randn(2, 4), target, generator=torch.Generator().manual_seed(0)).backward()
+    touched = layer.weight.grad.coalesce().indices()[0]
+    optimizer.step()
+    changed = (layer.weight.detach() != before).any(dim=1).nonzero().squeeze(1)
+    assert set(changed.tolist()) == set(touched.tolist()) and {3, 7} <= set(changed.tolist())

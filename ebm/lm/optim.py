@@ -63,9 +63,10 @@ def make_optimizer(
     sparse_ids = {id(p) for p in sparse}
     if name == "sgd":
         return SplitOptimizer([torch.optim.SGD(params, lr=lr)])
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam([p for p in params if id(p) not in sparse_ids], lr=lr)]
-    if sparse_ids:
-        optimizers.append(torch.optim.SparseAdam([p for p in params if id(p) in sparse_ids], lr=lr))
+    dense = [p for p in params if id(p) not in sparse_ids]
+    rows = [p for p in params if id(p) in sparse_ids]
+    pairs = ((torch.optim.Adam, dense), (torch.optim.SparseAdam, rows))
+    optimizers = [optimizer(group, lr=lr) for optimizer, group in pairs if group]  # torch refuses empty groups
     return SplitOptimizer(optimizers)
 
 
