@@ -16,7 +16,7 @@ WikiText-2 set-up (the training split is not on this machine): train.txt = WikiT
 WikiText-2 test.txt, and valid.txt = the first 10% of the lines of test.txt (used only for the learning-rate
 decay; a full-softmax pass over all of test.txt each epoch would cost more than the epoch). Files are linked
 or written under bench/results/, never copied into the repository. Vocabulary from the training file
-(V = 13,778 with <eos>; blank lines are skipped).
+(every line, blank ones included, ends with <eos>, as PyTorch's word_language_model reads it).
 
 Usage:
     python bench/bench_lm.py                                   # everything (hours on a shared 2-core CPU)
@@ -117,7 +117,8 @@ def wikitext_folder(source: Path) -> Path:
         link = folder / name
         if not link.exists():
             os.symlink(target.resolve(), link)
-    lines = (source / "test.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    with (source / "test.txt").open(encoding="utf-8") as f:  # lines as the corpus reader counts them
+        lines = list(f)
     (folder / "valid.txt").write_text("".join(lines[: len(lines) // 10]), encoding="utf-8")
     return folder
 
@@ -125,7 +126,7 @@ def wikitext_folder(source: Path) -> Path:
 def _run(dataset: str, loss_key: str, out: Path, threads: int, **options) -> dict:
     loss, k = LOSSES[loss_key]
     model = WIKITEXT_MODEL if dataset != "synthetic" else SYNTHETIC_MODEL
-    config = LMConfig(dataset=dataset, loss=loss, noise_ratio=k, out_dir=str(out / loss_key), progress=False,
+    config = LMConfig(dataset=dataset, loss=loss, noise_ratio=k, out=str(out / loss_key), progress=False,
                       **{**model, **options})
     torch.set_num_threads(threads)
     start = time.perf_counter()

@@ -31,11 +31,12 @@ def write_corpus(folder, train="a b a c\n\na b\n", valid="a d\n", test="b a\n"):
 def test_vocabulary_counts_unk_and_order(tmp_path):
     corpus = load_corpus(write_corpus(tmp_path))
     vocab = corpus.vocab
-    # train: "a b a c <eos> a b <eos>" (the blank line is skipped)
-    assert dict(zip(vocab.words, vocab.counts.tolist(), strict=True)) == {"a": 3, "b": 2, EOS: 2, "c": 1, UNK: 0}
-    assert vocab.words[0] == "a" and vocab.counts.tolist() == sorted(vocab.counts.tolist(), reverse=True)
-    assert vocab.decode(corpus.train.ids) == ["a", "b", "a", "c", EOS, "a", "b", EOS]
-    assert corpus.train.offsets.tolist() == [0, 5, 8]
+    # train: "a b a c <eos> <eos> a b <eos>" (the blank line is a lone <eos>)
+    assert dict(zip(vocab.words, vocab.counts.tolist(), strict=True)) == {"a": 3, "b": 2, EOS: 3, "c": 1, UNK: 0}
+    assert vocab.words[:2] == (EOS, "a")  # ties broken by the word: "<" sorts before "a"
+    assert vocab.counts.tolist() == sorted(vocab.counts.tolist(), reverse=True)
+    assert vocab.decode(corpus.train.ids) == ["a", "b", "a", "c", EOS, EOS, "a", "b", EOS]
+    assert corpus.train.offsets.tolist() == [0, 5, 6, 9]
     assert vocab.decode(corpus.valid.ids) == ["a", UNK, EOS]  # d is not in train
 
 
@@ -45,7 +46,7 @@ def test_min_freq_and_max_size_move_counts_to_unk(tmp_path):
     assert set(vocab.words) == {"a", "b", EOS, UNK} and vocab.counts[vocab.unk_index] == 1
     vocab = load_corpus(folder, max_size=3).vocab
     assert set(vocab.words) == {"a", EOS, UNK} and vocab.counts[vocab.unk_index] == 3
-    assert int(vocab.counts.sum()) == 8
+    assert int(vocab.counts.sum()) == 9
     with pytest.raises(ValueError, match="max_size"):
         Vocabulary.from_counts(Counter("ab"), max_size=1)
     with pytest.raises(ValueError, match="min_freq"):
@@ -57,14 +58,56 @@ def test_literal_unk_in_text_is_the_unk_token(tmp_path):
     assert vocab.counts[vocab.unk_index] == 1 and len(vocab) == 3
 
 
-def test_missing_and_empty_files(tmp_path):
+# Lines end at \n, \r\n and \r only; U+2028, \x1c, \x85, \x0c are white space inside a line; the last line
+# has no newline. By hand: "a b" | "" | "c d e f" | "g h" | "i j" | "last" → 3 + 1 + 5 + 3 + 3 + 2 = 17 tokens.
+MIXED_TEXT = "a b\n\nc\u2028d e\x1cf\r\ng\x85h\ri\x0cj\nlast"
+MIXED_LINES = [["a", "b"], [], ["c", "d", "e", "f"], ["g", "h"], ["i", "j"], ["last"]]
+
+
+def test_lines_are_what_text_mode_iteration_gives(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(MIXED_TEXT.encode("utf-8"))
+    lines, replaced = read_lines(path)
+    assert lines == MIXED_LINES and replaced == 0
+    with open(path, encoding="utf-8") as f:  # PyTorch's word_language_model reads the file this way
+        assert lines == [line.split() for line in f]
+    assert len(MIXED_TEXT.splitlines()) == 10  # str.splitlines would also split at U+2028, \x1c, \x85, \x0c
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("a\n", [["a"]]), ("a", [["a"]]), ("a\n\n", [["a"], []]), ("\n", [[]]), ("\r\n\r", [[], []]),
+     ("  \n\t\n", [[], []])],
+    ids=["newline", "no_newline", "blank_after", "one_blank", "crlf_cr", "white_space_only"],
+)
+def test_a_final_newline_adds_no_line(tmp_path, text, expected):
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode("utf-8"))
+    assert read_lines(path)[0] == expected
+
+
+def test_every_line_is_its_tokens_and_eos(tmp_path):
+    folder = write_corpus(tmp_path, train=MIXED_TEXT, valid="\n\n\n", test="x\n")
+    corpus = load_corpus(folder)
+    assert len(corpus.train) == 17 and corpus.train.num_sentences == 6
+    assert corpus.train.offsets.tolist() == [0, 3, 4, 9, 12, 15, 17]
+    assert corpus.vocab.decode(corpus.valid.ids) == [EOS] * 3  # only blank lines: valid text, only <eos>
+    assert corpus.vocab.decode(corpus.test.ids) == [UNK, EOS]
+
+
+def test_missing_empty_and_too_short_files(tmp_path):
     folder = write_corpus(tmp_path)
     (folder / "valid.txt").unlink()
     with pytest.raises(FileNotFoundError, match="valid.txt"):
         load_corpus(folder)
-    write_corpus(folder, test="\n  \n")
-    with pytest.raises(ValueError, match="no tokens"):
+    write_corpus(folder, test="")
+    with pytest.raises(ValueError, match=r"test\.txt is empty"):
         load_corpus(folder)
+    write_corpus(folder, valid="\n")  # one blank line: a single <eos>, nothing to predict
+    with pytest.raises(ValueError, match=r"valid\.txt gives 1 token .* at least 2"):
+        load_corpus(folder)
+    write_corpus(folder, test="\n  \n")  # two blank lines: two <eos>, the shortest usable split
+    assert len(load_corpus(folder).test) == 2
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):

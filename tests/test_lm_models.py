@@ -88,9 +88,10 @@ def test_scores_are_normalised_over_the_vocabulary():
     assert torch.exp(-nll[:, -1].double()).sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
-def make_generic(k=5):
+def make_generic(k=5, **kwargs):
     noise = AliasSampler.from_counts(torch.arange(1, V + 1))
-    return GenericNCELM(V, noise, noise_ratio=k, emb_size=8, hidden_size=10, num_layers=1, dropout=0.0, chunk_size=7)
+    return GenericNCELM(V, noise, noise_ratio=k, emb_size=8, hidden_size=10, num_layers=1, dropout=0.0, chunk_size=7,
+                        **kwargs)
 
 
 def test_generic_model_factorised_score_equals_grucell():
@@ -114,6 +115,62 @@ def test_generic_model_trains_and_evaluates_exactly():
     assert torch.exp(-nll[:, -1].double()).sum().item() == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="noise_ratio"):
         make_generic(k=0)
+
+
+def test_generic_model_learns_its_norm():
+    """norm="learn": a scalar parameter at log V whose gradient is the NCE formula's,
+    ∂loss/∂norm = mean_n [(1 − σ(G_t)) − Σ_j σ(G_j)]  (G = s − norm − log k q, so ∂G/∂norm = −1),
+    that moves with training and is the norm the log Z gap uses."""
+    model = make_generic(k=4, norm="learn")
+    assert isinstance(model.norm, torch.nn.Parameter) and model.norm.item() == pytest.approx(math.log(V))
+    x, y = torch.randint(V, (3, 6)), torch.randint(V, (3, 6))
+    model.loss(x, y, generator=torch.Generator().manual_seed(0))[0].backward()
+    noise = model.noise.sample((4,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        context = model(x)[0].flatten(0, 1)  # (N, H)
+        log_q = model.noise.log_probs()
+        logit_t = model.target_score(context, y.flatten()) - model.norm - log_q[y.flatten()] - math.log(4)
+        logit_n = model.score(context, noise) - model.norm - log_q[noise] - math.log(4)  # (N, k)
+        expected = ((1 - torch.sigmoid(logit_t)) - torch.sigmoid(logit_n).sum(1)).mean()
+    assert torch.isfinite(model.norm.grad)
+    torch.testing.assert_close(model.norm.grad, expected)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(x, y, generator=gen)[0].backward()
+    assert abs(model.norm.item() - math.log(V)) > 1e-3
+    _, gap, _ = model.scores(x, x)
+    torch.testing.assert_close(gap.flatten(), model.log_z(model(x)[0].flatten(0, 1)) - model.norm.detach())
+    assert make_generic(norm=2.5).norm.item() == 2.5 and make_generic().norm.item() == pytest.approx(math.log(V))
+    with pytest.raises(ValueError, match="'auto', 'learn' or a finite number"):
+        make_generic(norm="max")
+
+
+def test_loss_draws_noise_from_the_given_generator():
+    """model.loss(..., generator=g) draws its noise from g only: equal generator states give equal losses,
+    whatever the global generator does, and the value is the NCE formula on the noise g yields."""
+    x, y = torch.randint(V, (2, 5)), torch.randint(V, (2, 5))
+    rnn = make_lm("nce").eval()
+    first = rnn.loss(x, y, generator=torch.Generator().manual_seed(7))[0]
+    torch.rand(10)  # move the global generator
+    features, _ = rnn(x)
+    expected = rnn.output(features, y, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(first, expected)
+    assert rnn.loss(x, y, generator=torch.Generator().manual_seed(8))[0] != first
+
+    generic = make_generic(k=4)
+    loss = generic.loss(x, y, generator=torch.Generator().manual_seed(3))[0]
+    torch.rand(10)
+    noise = generic.noise.sample((4,), generator=torch.Generator().manual_seed(3))
+    context = generic(x)[0].flatten(0, 1)  # (N, H)
+    log_q = generic.noise.log_probs()
+    logit_t = generic.target_score(context, y.flatten()) - generic.norm - log_q[y.flatten()] - math.log(4)
+    logit_n = generic.score(context, noise) - generic.norm - log_q[noise] - math.log(4)  # (N, k)
+    by_hand = -torch.log(torch.sigmoid(logit_t)) - torch.log(1 - torch.sigmoid(logit_n)).sum(1)
+    torch.testing.assert_close(loss, by_hand.mean())
 
 
 def _with_sparse_grad():

@@ -1,6 +1,7 @@
 """The sampled output layer: agreement with the pure losses, exact chunked evaluation, sparse row updates."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -35,10 +36,13 @@ def exact_log_probs(layer: SampledOutput, hidden: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(F.linear(hidden, layer.weight, layer.bias).double(), dim=-1)
 
 
+@pytest.mark.parametrize("remove_hits", [False, True])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("loss", sorted(SAMPLED_LOSSES))
-def test_layer_equals_pure_loss_on_its_own_samples(loss, shared):
-    layer = make_layer(loss=loss, shared_noise=shared)
+def test_layer_equals_pure_loss_on_its_own_samples(loss, shared, remove_hits):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bias of hit removal is tested below
+        layer = make_layer(loss=loss, shared_noise=shared, remove_accidental_hits=remove_hits)
     hidden, target = batch()
     got = layer(hidden, target, reduction="none", generator=torch.Generator().manual_seed(5))
     assert got.shape == target.shape
@@ -48,7 +52,7 @@ def test_layer_equals_pure_loss_on_its_own_samples(loss, shared):
     noise = layer.noise.sample(shape, generator=torch.Generator().manual_seed(5))
     scores = F.linear(h, layer.weight, layer.bias) - layer.norm  # (N, V) log p̃
     noise_scores = scores[:, noise] if shared else scores.gather(1, noise)
-    hits = (noise.expand(t.numel(), 5) == t[:, None]) if layer.removes_accidental_hits() else None
+    hits = (noise.expand(t.numel(), 5) == t[:, None]) if remove_hits else None
     log_q = layer.noise.log_probs()
     expected = SAMPLED_LOSSES[loss](scores.gather(1, t[:, None]).squeeze(1), noise_scores, log_q[t], log_q[noise], hits)
     torch.testing.assert_close(got.reshape(-1), expected)
@@ -100,11 +104,59 @@ def test_init_starts_at_the_noise_distribution():
     assert SampledOutput(H, V, noise="log_uniform").noise.vocab_size == V
 
 
-def test_removes_accidental_hits_defaults():
-    assert make_layer(loss="sampled").removes_accidental_hits()
-    assert make_layer(loss="mix").removes_accidental_hits()
-    assert not make_layer(loss="nce").removes_accidental_hits()
-    assert make_layer(loss="nce", remove_accidental_hits=True).removes_accidental_hits()
+def test_accidental_hits_are_kept_by_default_and_removing_them_warns():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning with the defaults
+        for loss in LOSS_NAMES:
+            assert not make_layer(loss=loss).remove_accidental_hits
+        layer = make_layer(loss="full", remove_accidental_hits=True)  # no sampled noise, nothing to bias
+    for loss in ("nce", "neg", "mix"):
+        with pytest.warns(UserWarning, match=r"learns log p/\(1 − p\), not log p"):
+            make_layer(loss=loss, remove_accidental_hits=True)
+    with pytest.warns(UserWarning, match="over-estimates frequent tokens"):
+        make_layer(loss="sampled", remove_accidental_hits=True)
+    with pytest.warns(UserWarning, match="'nce' loss"):
+        layer.loss = "nce"  # switching to a sampled loss later warns too
+
+
+# Exact optima in one context (V = 4, uniform noise q = 1/4, k noise tokens per token), from the expected loss:
+P = torch.tensor([0.5, 0.25, 0.15, 0.1])
+OPTIMA = {
+    ("nce", False, 4): P,  # p̃ = p: self-normalised
+    ("mix", False, 4): P,  # both halves are minimised at p̃ = p
+    ("sampled", False, 4): P,  # ranking NCE: p̃ ∝ p (compared after normalising)
+    ("neg", False, 2): P / (2 * 0.25),  # σ(log p̃) = p / (p + k q): p̃ = p / (k q)
+    ("nce", True, 4): P / (1 - P),  # noise weight k·q·(1 − p): σ(G) = p / (p + k q (1 − p))
+    # no closed form: the minimiser of the exact expected loss, its expectation over all 4⁴ noise draws
+    # enumerated, found by L-BFGS in float64 outside this suite (see ebm.lm.losses)
+    ("sampled", True, 4): torch.tensor([0.5447, 0.2402, 0.1320, 0.0830]),
+}
+
+
+@pytest.mark.parametrize(("loss", "remove_hits", "k"), list(OPTIMA))
+def test_sampled_losses_reach_their_exact_optimum(loss, remove_hits, k):
+    """A single context (constant hidden input): s(w) = weight_w + bias_w is a free score per token. Trained on
+    p = (.5, .25, .15, .1), exp(s − norm) (softmax(s) for sampled softmax, which leaves the norm free) lands on
+    the optimum of the expected loss. Hit removal, the old default of mix, moves NCE's to p / (1 − p)."""
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = SampledOutput(1, 4, noise="uniform", loss=loss, noise_ratio=k, shared_noise=False, sparse=False,
+                              remove_accidental_hits=remove_hits)
+    steps, n = 200, 1024
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.01 ** (step / steps))  # 0.1 → 0.001
+    hidden = torch.ones(n, 1)
+    for _ in range(steps):
+        target = torch.multinomial(P, n, replacement=True, generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        layer(hidden, target, generator=gen).backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        score = layer.weight[:, 0] + layer.bias
+        got = torch.softmax(score, 0) if loss == "sampled" else (score - layer.norm).exp()
+    torch.testing.assert_close(got, OPTIMA[loss, remove_hits, k], atol=0.03, rtol=0)
 
 
 def test_loss_is_switchable_on_a_trained_module():

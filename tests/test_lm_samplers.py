@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from scipy import stats
+from torch.overrides import TorchFunctionMode
 
 from ebm.lm.samplers import (
     AliasSampler,
@@ -153,3 +154,65 @@ def test_bad_arguments_raise():
         UniformSampler(5).log_prob(torch.tensor([5]))
     with pytest.raises(ValueError):
         LogUniformSampler(0)
+
+
+SAMPLERS = {
+    "alias": lambda: AliasSampler(zipf(50)),
+    "log_uniform": lambda: LogUniformSampler(50),
+    "uniform": lambda: UniformSampler(50),
+}
+ACCELERATORS = [d for d, ok in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available())) if ok]
+
+
+class _Float64Watch(TorchFunctionMode):
+    """Records every float64 tensor that a torch call creates off the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type != "cpu":
+                self.found.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+@pytest.mark.parametrize("device", ["meta", *ACCELERATORS])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_draws_come_from_the_cpu_generator_on_any_device(name, device):
+    """The random numbers come from the given CPU generator whatever the sampler's device: the generator
+    advances exactly as for the sampler on the CPU (the meta device has no values, only this), real devices
+    give the same indices, and torch's global generator is not touched."""
+    on_cpu, moved = SAMPLERS[name](), SAMPLERS[name]().to(device)
+    gen_cpu, gen_moved = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    expected = on_cpu.sample((6, 7), generator=gen_cpu)
+    global_state = torch.get_rng_state()
+    draws = moved.sample((6, 7), generator=gen_moved)
+    assert draws.device.type == device and draws.shape == (6, 7) and draws.dtype == torch.int64
+    assert torch.equal(gen_moved.get_state(), gen_cpu.get_state())
+    assert torch.equal(torch.get_rng_state(), global_state)
+    if device != "meta":
+        assert torch.equal(draws.cpu(), expected)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_no_float64_off_the_cpu(name):
+    """Drawing and scoring on a device create no float64 tensor there (Apple MPS has none); the meta device
+    stands in for an accelerator."""
+    sampler = SAMPLERS[name]().to("meta")
+    with _Float64Watch() as watch:
+        index = sampler.sample((3, 4), generator=torch.Generator().manual_seed(0))
+        sampler.log_prob(index, check=False)
+        log_q = sampler.log_probs()
+    assert watch.found == [] and log_q.dtype == torch.float32
+
+
+def test_equal_generator_states_give_equal_draws():
+    for make in SAMPLERS.values():
+        sampler, gen = make(), torch.Generator().manual_seed(11)
+        state = gen.get_state()
+        first = sampler.sample((100,), generator=gen)
+        gen.set_state(state)
+        assert torch.equal(sampler.sample((100,), generator=gen), first)

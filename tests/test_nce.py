@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ebm.nce import classifier_accuracy, nce_logit, nce_objective, nce_token_loss
+from ebm.nce import classifier_accuracy, nce_logit, nce_objective, nce_token_loss, ranking_nce_loss
 
 
 def test_objective_is_minus_two_log_two_when_model_equals_noise_at_ratio_one():
@@ -60,3 +60,39 @@ def test_non_positive_noise_ratio_is_rejected():
 
 def test_accuracy_is_balanced():
     assert classifier_accuracy(torch.tensor([1.0, -1.0]), torch.tensor([-1.0, -1.0, -1.0, 1.0])).item() == 0.625
+
+
+def test_ranking_loss_is_minus_log_posterior_of_the_real_item():
+    """loss = −log( e^{o_t} / (e^{o_t} + Σ_j e^{o_j}) ), the probability of picking the real item, by hand."""
+    target = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    noise = torch.tensor([[1.0, -0.5, 2.0], [0.0, 0.7, -3.0]], dtype=torch.float64)
+    expected = []
+    for n in range(2):
+        real = math.exp(target[n].item())
+        expected.append(-math.log(real / (real + sum(math.exp(o) for o in noise[n].tolist()))))
+    torch.testing.assert_close(ranking_nce_loss(target, noise), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_ranking_loss_shared_noise_and_removed_items():
+    target, noise = torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    torch.testing.assert_close(ranking_nce_loss(target, noise), ranking_nce_loss(target, noise.expand(4, 3)))
+    removed = noise.clone()
+    removed[1] = -math.inf  # an item with logit −∞ leaves the softmax
+    torch.testing.assert_close(ranking_nce_loss(target, removed), ranking_nce_loss(target, noise[[0, 2]]))
+
+
+def test_ranking_loss_is_finite_at_extreme_logits():
+    target = torch.tensor([1e4, -1e4], requires_grad=True)
+    loss = ranking_nce_loss(target, torch.tensor([[-1e4, 1e4], [1e4, 1e4]]))
+    assert torch.isfinite(loss).all() and loss[1].item() == pytest.approx(2e4 + math.log(2))
+    loss.sum().backward()
+    assert torch.isfinite(target.grad).all()
+
+
+def test_ranking_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="logit_target"):
+        ranking_nce_loss(torch.zeros(2, 1), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="logit_noise"):
+        ranking_nce_loss(torch.zeros(2), torch.zeros(2, 3, 1))
+    with pytest.raises(ValueError, match="logit_noise"):
+        ranking_nce_loss(torch.zeros(2), torch.zeros(3, 4))

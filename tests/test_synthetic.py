@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ebm.data.synthetic import make_language, synthetic_corpus
+from ebm.data.synthetic import _split_of, make_language, synthetic_corpus
 
 
 def test_transition_rows_are_distributions_and_log_prob_agrees():
@@ -57,3 +57,13 @@ def test_corpus_is_seeded_and_well_formed():
 def test_bad_language_parameters(kwargs):
     with pytest.raises(ValueError):
         make_language(**kwargs)
+
+
+def test_a_split_needs_two_tokens_up_to_its_last_eos():
+    """State 0 is <eos>: a chain is cut after its last one, and a cut shorter than 2 tokens is an error."""
+    split = _split_of(np.array([3, 0, 5, 0, 7]))
+    assert split.ids.tolist() == [3, 0, 5, 0] and split.offsets.tolist() == [0, 2, 4]
+    assert _split_of(np.array([4, 0])).ids.tolist() == [4, 0]
+    for chain in ([0, 3, 5], [2, 3]):
+        with pytest.raises(ValueError, match="draw more tokens"):
+            _split_of(np.array(chain))

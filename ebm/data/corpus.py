@@ -1,9 +1,15 @@
 """Text corpora for the language model: vocabulary, tokenised splits and batching.
 
 A corpus is a folder with ``train.txt``, ``valid.txt`` and ``test.txt`` (the PTB / WikiText-2 layout): one
-sentence or paragraph per line, tokens separated by white space. Each non-empty line becomes its tokens
-followed by the end-of-sentence token ``<eos>``; blank lines are skipped. The vocabulary comes from the
-training split only; every other word maps to ``<unk>``.
+sentence or paragraph per line, tokens separated by white space. Files are read as the field's reference code
+reads them (PyTorch's examples/word_language_model): every line, blank ones included, becomes its white-space
+tokens followed by the end-of-sentence token ``<eos>`` (a blank line is a lone ``<eos>``). Lines are what
+Python's text-mode file iteration gives: they end at ``\n``, ``\r\n`` or ``\r`` only (not at the other
+characters ``str.splitlines`` breaks on, such as U+2028, U+0085 or ``\x1c``; those separate tokens within a
+line, as all white space does); a last line without a newline is a line, and a final newline adds no empty
+one. WikiText-2 then has 217,646 tokens in valid.txt and 245,569 in test.txt, as in that example. A split
+needs at least 2 tokens (one to predict after another); an empty file or a shorter split is a ``ValueError``
+naming the file. The vocabulary comes from the training split only; every other word maps to ``<unk>``.
 
 Two ways to batch a split:
 
@@ -27,6 +33,7 @@ from torch import Tensor
 UNK = "<unk>"
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
+MIN_SPLIT_TOKENS = 2  # the shortest split a model can be trained or evaluated on: one token predicted
 _REPLACEMENT = "\ufffd"
 
 
@@ -121,10 +128,26 @@ class Corpus:
         return getattr(self, name)
 
 
-def read_lines(path: str | os.PathLike) -> tuple[list[list[str]], int]:
-    """The tokens of every non-empty line of a UTF-8 file, and how many undecodable bytes were replaced.
+def split_lines(text: str) -> list[str]:
+    """The lines of `text` as Python's text-mode file iteration gives them (universal newlines).
 
+    A line ends at ``\n``, ``\r\n`` or ``\r``; a last line without a newline still counts, a final newline
+    adds no empty line, and "" has no lines. Unlike ``str.splitlines`` nothing else ends a line (U+2028,
+    U+2029, U+0085, ``\x0b``, ``\x0c``, ``\x1c``–``\x1e`` stay inside it).
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":  # the text ends with a newline (or is empty): no line follows it
+        lines.pop()
+    return lines
+
+
+def read_lines(path: str | os.PathLike) -> tuple[list[list[str]], int]:
+    """The white-space tokens of every line of a UTF-8 file (blank lines give []), and how many undecodable
+    bytes were replaced.
+
+    Lines as ``split_lines`` cuts them; tokens as ``str.split()`` cuts a line (on any Unicode white space).
     Bytes that are not valid UTF-8 become U+FFFD (the count excludes U+FFFD characters already in the file).
+    A file with no lines at all (empty) is a ``ValueError``.
     """
     path = Path(path)
     if not path.is_file():
@@ -132,14 +155,14 @@ def read_lines(path: str | os.PathLike) -> tuple[list[list[str]], int]:
     raw = path.read_bytes()
     text = raw.decode("utf-8", errors="replace")
     replaced = text.count(_REPLACEMENT) - raw.count(_REPLACEMENT.encode("utf-8"))
-    lines = [tokens for tokens in (line.split() for line in text.splitlines()) if tokens]
+    lines = [line.split() for line in split_lines(text)]
     if not lines:
-        raise ValueError(f"corpus file {path} holds no tokens")
+        raise ValueError(f"corpus file {path} is empty: it holds no lines")
     return lines, replaced
 
 
 def encode_lines(lines: Sequence[Sequence[str]], vocab: Vocabulary) -> Split:
-    """Lines of tokens → a ``Split`` with ``<eos>`` after each line."""
+    """Lines of tokens → a ``Split`` with ``<eos>`` after each line (an empty line is a lone ``<eos>``)."""
     lengths = torch.tensor([len(line) + 1 for line in lines], dtype=torch.long)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     ids = vocab.encode(token for line in lines for token in (*line, EOS))
@@ -149,7 +172,8 @@ def encode_lines(lines: Sequence[Sequence[str]], vocab: Vocabulary) -> Split:
 def load_corpus(folder: str | os.PathLike, min_freq: int = 1, max_size: int | None = None) -> Corpus:
     """Read ``train.txt``, ``valid.txt``, ``test.txt`` from ``folder``; the vocabulary comes from train.
 
-    Raises ``FileNotFoundError`` naming a missing file, ``ValueError`` for a file without tokens.
+    Raises ``FileNotFoundError`` naming a missing file, ``ValueError`` naming an empty file or one whose split
+    has fewer than ``MIN_SPLIT_TOKENS`` tokens (``<eos>`` included).
     """
     folder = Path(folder)
     for split in SPLITS:
@@ -157,7 +181,12 @@ def load_corpus(folder: str | os.PathLike, min_freq: int = 1, max_size: int | No
             raise FileNotFoundError(f"missing corpus file {folder / f'{split}.txt'}")
     lines, replaced = {}, {}
     for split in SPLITS:
-        lines[split], replaced[split] = read_lines(folder / f"{split}.txt")
+        path = folder / f"{split}.txt"
+        lines[split], replaced[split] = read_lines(path)
+        tokens = sum(len(line) + 1 for line in lines[split])
+        if tokens < MIN_SPLIT_TOKENS:
+            raise ValueError(f"corpus file {path} gives {tokens} token (with {EOS}); a split needs at least "
+                             f"{MIN_SPLIT_TOKENS}: one to predict after another")
     counter = Counter(token for line in lines["train"] for token in line)
     counter[EOS] += len(lines["train"])
     vocab = Vocabulary.from_counts(counter, min_freq=min_freq, max_size=max_size)
@@ -233,6 +262,7 @@ def sentence_batches(
 
 __all__ = [
     "EOS",
+    "MIN_SPLIT_TOKENS",
     "SPLITS",
     "UNK",
     "Corpus",
@@ -245,4 +275,5 @@ __all__ = [
     "num_chunks",
     "read_lines",
     "sentence_batches",
+    "split_lines",
 ]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ebm.data.corpus import EOS, SPLITS, UNK, Corpus, Split, Vocabulary
+from ebm.data.corpus import EOS, MIN_SPLIT_TOKENS, SPLITS, UNK, Corpus, Split, Vocabulary
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,14 @@ def make_language(
 
 
 def _split_of(chain: np.ndarray) -> Split:
-    """A chain cut after its last ``<eos>`` (state 0), with sentences ending at every ``<eos>``."""
+    """A chain cut after its last ``<eos>`` (state 0), with sentences ending at every ``<eos>``.
+
+    The cut must leave at least ``MIN_SPLIT_TOKENS`` tokens, else a ``ValueError`` asks for more.
+    """
     ends = np.flatnonzero(chain == 0) + 1
-    if ends.size == 0:
-        raise ValueError("the sample holds no <eos>; draw more tokens")
+    if ends.size == 0 or ends[-1] < MIN_SPLIT_TOKENS:
+        raise ValueError(f"a sample of {chain.size} tokens has fewer than {MIN_SPLIT_TOKENS} up to its last <eos>; "
+                         f"draw more tokens")
     ids = torch.from_numpy(chain[: ends[-1]].copy())
     offsets = torch.from_numpy(np.concatenate([[0], ends]).astype(np.int64))
     return Split(ids=ids, offsets=offsets)

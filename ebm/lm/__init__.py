@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 # The language model end to end: models, exact evaluation, training (LMConfig / train_lm / load_lm).
-from ebm.lm.evaluate import evaluate  # noqa: E402
+from ebm.lm.evaluate import evaluate, evaluate_sentences, perplexity  # noqa: E402
 from ebm.lm.models import RNNLM, GenericNCELM  # noqa: E402
 from ebm.lm.train import LMConfig, LoadedLM, load_lm, train_lm  # noqa: E402
 
-__all__ += ["GenericNCELM", "LMConfig", "LoadedLM", "RNNLM", "evaluate", "load_lm", "train_lm"]
+__all__ += ["GenericNCELM", "LMConfig", "LoadedLM", "RNNLM", "evaluate", "evaluate_sentences", "load_lm", "perplexity",
+            "train_lm"]

@@ -6,20 +6,31 @@ Notation, for N tokens with contexts h_n and k noise tokens per token:
     log p̃(w) = s(w) − norm, the self-normalised log-probability; the sampled losses take it as input
     log q(w)  the noise log-probability of w
 
-Losses (all return per-token losses (N,), to be averaged by the caller):
+Losses (all return per-token losses (N,), to be averaged by the caller), with the optimum of each in one
+context when the noise is drawn from q (solved in closed form, checked by training in the tests):
     full     −log softmax(s)(target), the exact cross-entropy (the reference).
     nce      −log σ(G_t) − Σ_j log σ(−G_j),  G = log p̃ − log q − log k (Mnih & Teh 2012), built on the
-             shared core ``ebm.nce``.
+             shared core ``ebm.nce``. Optimum p̃ = p: self-normalised.
     sampled  sampled softmax: cross-entropy over {target} ∪ noise with logits s − log q (Jean et al. 2015;
-             TensorFlow's sampled_softmax_loss). Subtracting log q or the expected count log(k·q) is the
-             same: a constant shift cancels in the softmax.
+             TensorFlow's sampled_softmax_loss), which is ranking NCE (Ma & Collins 2018,
+             ``ebm.nce.ranking_nce_loss``). Optimum p̃ ∝ p for any k, the normaliser left free. Subtracting
+             log q or the expected count log(k·q) is the same: a constant shift cancels in the softmax.
     neg      negative sampling: NCE with the log(k·q) term dropped, G = log p̃ (Mikolov et al. 2013). Biased:
-             its optimum is not the data distribution unless k·q = 1; kept for comparison.
-    mix      ½·nce + ½·sampled (the seed's "mix").
+             its optimum is p̃ = p / (k·q), not p, unless k·q = 1; kept for comparison.
+    mix      ½·nce + ½·sampled (the seed's "mix"). Optimum p̃ = p: both halves are minimised there.
 
 Accidental hits: `hits` (N, k) marks noise samples equal to the token's target. A hit's noise term is
 removed: its NCE / neg term is dropped and its sampled-softmax logit set to −∞, as TensorFlow's
-``remove_accidental_hits`` does.
+``remove_accidental_hits`` does. Removal changes what the losses estimate, so it is off by default in
+``SampledOutput``:
+    nce      the noise term of w then has weight k·q(w)·(1 − p(w)), so the optimum is p̃ = p / (1 − p): NCE
+             learns log p/(1 − p), not log p (TensorFlow's "sampled logistic" loss); neg likewise learns
+             p / (k·q·(1 − p)).
+    sampled  no longer ranking NCE: exact at k = 1 only. Minimising the exact expected loss (all V^k noise
+             draws enumerated) for V = 4, p = (.5, .25, .15, .1) and uniform q gives softmax(s) =
+             (.517, .248, .143, .093) at k = 2, (.545, .240, .132, .083) at k = 4 and
+             (.587, .222, .118, .074) at k = 8: frequent tokens are over-estimated, more so as k grows.
+    mix      both halves biased, so neither p nor p / (1 − p).
 
 Noise shapes: `log_model_noise` is always (N, k) (every context scores the noise tokens); `log_q_noise` is
 (k,) when the noise is shared by the batch or (N, k) when drawn per token. All arithmetic is done in float32
@@ -35,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ebm.nce import nce_logit, nce_token_loss
+from ebm.nce import nce_logit, nce_token_loss, ranking_nce_loss
 
 LOSS_NAMES = ("full", "nce", "sampled", "neg", "mix")
 
@@ -103,19 +114,19 @@ def sampled_softmax_loss(
     log_q_noise: Tensor,
     hits: Tensor | None = None,
 ) -> Tensor:
-    """Sampled softmax with the log q correction (Jean et al. 2015).
+    """Sampled softmax with the log q correction (Jean et al. 2015), i.e. ranking NCE (Ma & Collins 2018).
 
-    loss_n = −o_t + logsumexp(o_t, o_1, …, o_k),   o = log p̃ − log q   (hits get o = −∞).
+    loss_n = −o_t + logsumexp(o_t, o_1, …, o_k),   o = log p̃ − log q   (hits get o = −∞),
 
-    Shapes as in ``nce_loss``. The normaliser cancels, so log p̃ and s give the same loss.
+    computed by ``ebm.nce.ranking_nce_loss``. Shapes as in ``nce_loss``. The normaliser cancels, so log p̃
+    and s give the same loss.
     """
     _check(log_model_target, log_model_noise, log_q_noise, hits)
     logit_target = _upcast(log_model_target) - log_q_target  # (N,)
-    logit_noise = (_upcast(log_model_noise) - log_q_noise).expand_as(log_model_noise)  # (N, k)
+    logit_noise = _upcast(log_model_noise) - log_q_noise  # (N, k)
     if hits is not None:
-        logit_noise = logit_noise.masked_fill(hits, -math.inf)
-    logits = torch.cat([logit_target.unsqueeze(1), logit_noise], dim=1)  # (N, 1 + k)
-    return torch.logsumexp(logits, dim=1) - logit_target
+        logit_noise = logit_noise.masked_fill(hits, -math.inf)  # e^{−∞} = 0: the item leaves the softmax
+    return ranking_nce_loss(logit_target, logit_noise)
 
 
 def negative_sampling_loss(

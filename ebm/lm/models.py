@@ -11,21 +11,21 @@ generic unnormalised model that only NCE can train (there is no softmax layer to
 
 Both models share one interface used by the training loop and evaluation:
 
-    loss(input, target, state, mask) -> (scalar loss, state)       input, target, mask: (B, T)
-    scores(input, target, state)     -> (nll (B, T), log Z − norm (B, T) or None, state)
+    loss(input, target, state, mask, generator) -> (scalar loss, state)     input, target, mask: (B, T)
+    scores(input, target, state)                -> (nll (B, T), log Z − norm (B, T) or None, state)
 
 ``scores`` gives the exact negative log-likelihood −log p(target | context) (normalised over the whole
 vocabulary) and, for models trained to self-normalise, the gap log Z(context) − norm, so that the
-self-normalised log-probability is s(w) − norm = −nll + (log Z − norm).
+self-normalised log-probability is s(w) − norm = −nll + (log Z − norm). ``generator`` is the CPU
+``torch.Generator`` the noise is drawn from (torch's global CPU generator when None).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from ebm.lm.output import register_norm
 from ebm.lm.samplers import NoiseSampler
 from ebm.nce import nce_logit, nce_token_loss
 
@@ -106,12 +106,19 @@ class RNNLM(nn.Module):
         hidden, state = self.rnn(self.drop(self.embedding(input)), state)  # (B, T, H)
         return self.proj(self.drop(hidden)), state
 
-    def loss(self, input: Tensor, target: Tensor, state: State = None, mask: Tensor | None = None):
-        """The output layer's training loss, averaged over (unmasked) tokens."""
+    def loss(
+        self,
+        input: Tensor,
+        target: Tensor,
+        state: State = None,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, State]:
+        """The output layer's training loss, averaged over (unmasked) tokens; noise drawn from `generator`."""
         features, state = self(input, state)
         if mask is None:
-            return self.output(features, target), state
-        return _masked_mean(self.output(features, target, reduction="none"), mask), state
+            return self.output(features, target, generator=generator), state
+        return _masked_mean(self.output(features, target, reduction="none", generator=generator), mask), state
 
     @torch.no_grad()
     def scores(self, input: Tensor, target: Tensor, state: State = None):
@@ -142,6 +149,8 @@ class GenericNCELM(nn.Module):
 
     Training is NCE with k noise words shared by the batch (ebm.nce):
     G = s(w | h) − norm − log(k q(w)), loss = −log σ(G_target) − Σ_j log σ(−G_noise_j).
+    ``norm`` is "auto" (log V), a number, or "learn" (a scalar parameter initialised at log V), as in
+    ``SampledOutput``.
 
     Limits (why the seed could not compute perplexity with it): there is no output matrix, so exact
     normalisation needs s(w | h) for all V words at every position — O(N · V · H) elementwise work (chunked
@@ -158,7 +167,7 @@ class GenericNCELM(nn.Module):
         hidden_size: int = 200,
         num_layers: int = 1,
         dropout: float = 0.2,
-        norm: float | None = None,
+        norm: str | float = "auto",
         chunk_size: int = 128,
     ):
         super().__init__()
@@ -168,7 +177,7 @@ class GenericNCELM(nn.Module):
             raise ValueError(f"noise covers {noise.vocab_size} tokens but vocab_size is {vocab_size}")
         self.noise = noise
         self.noise_ratio = noise_ratio
-        self.norm = math.log(vocab_size) if norm is None else norm
+        register_norm(self, norm, vocab_size)
         self.vocab_size = vocab_size
         self.chunk_size = chunk_size
         self.embedding = nn.Embedding(vocab_size, emb_size)
@@ -197,10 +206,18 @@ class GenericNCELM(nn.Module):
         """s(w_n | h_n) for paired rows: context (N, H), target (N,) → (N,)."""
         return self.scorer(self.cell(self.embedding(target), context)).squeeze(-1)
 
-    def loss(self, input: Tensor, target: Tensor, state: State = None, mask: Tensor | None = None):
+    def loss(
+        self,
+        input: Tensor,
+        target: Tensor,
+        state: State = None,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, State]:
+        """NCE loss averaged over (unmasked) tokens, k noise words drawn from `generator` for the batch."""
         context, state = self(input, state)
         flat, tgt = context.reshape(-1, context.size(-1)), target.reshape(-1)  # (N, H), (N,)
-        noise = self.noise.sample((self.noise_ratio,))  # (k,) shared by the batch
+        noise = self.noise.sample((self.noise_ratio,), generator=generator)  # (k,) shared by the batch
         logit_target = nce_logit(self.target_score(flat, tgt) - self.norm, self.noise.log_prob(tgt), self.noise_ratio)
         logit_noise = nce_logit(self.score(flat, noise) - self.norm, self.noise.log_prob(noise), self.noise_ratio)
         per_token = nce_token_loss(logit_target, logit_noise).view_as(target)  # (B, T)

@@ -24,6 +24,7 @@ both, and ``ebm.lm.optim.clip_grad_norm_`` clips sparse gradients (torch's own c
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,30 @@ from torch import Tensor, nn
 
 from ebm.lm.losses import SAMPLED_LOSSES, check_loss_name, full_softmax_loss
 from ebm.lm.samplers import NoiseSampler, make_sampler
+
+# Why each sampled loss is biased when accidental hits are removed (derived and measured in ebm.lm.losses).
+_HIT_REMOVAL_BIAS = {
+    "nce": "NCE then learns log p/(1 − p), not log p",
+    "neg": "its optimum p/(k·q) becomes p/(k·q·(1 − p)), as NCE then learns log p/(1 − p), not log p",
+    "mix": "its NCE half then learns log p/(1 − p), not log p, and its sampled-softmax half over-estimates "
+           "frequent tokens",
+    "sampled": "sampled softmax is then no longer ranking NCE and over-estimates frequent tokens for any k > 1",
+}
+
+
+def register_norm(module: nn.Module, norm: str | float, vocab_size: int) -> float:
+    """Gives ``module`` its log-normaliser ``norm`` (the constant in log p̃ = s − norm) and returns its initial value.
+
+    "auto" (log V) or a finite number: a float32 buffer; "learn": an ``nn.Parameter`` initialised at log V.
+    """
+    if norm == "learn":
+        module.norm = nn.Parameter(torch.tensor(math.log(vocab_size), dtype=torch.float32))
+    elif norm == "auto" or (isinstance(norm, int | float) and not isinstance(norm, bool) and math.isfinite(norm)):
+        value = math.log(vocab_size) if norm == "auto" else float(norm)
+        module.register_buffer("norm", torch.tensor(value, dtype=torch.float32))
+    else:
+        raise ValueError(f"norm must be 'auto', 'learn' or a finite number, got {norm!r}")
+    return float(module.norm.detach())
 
 
 class _GatherRows(torch.autograd.Function):
@@ -72,8 +97,10 @@ class SampledOutput(nn.Module):
         noise_power: α for counts.
         shared_noise: one set of k noise tokens for the whole batch, scored with one (N, H) × (H, k) product
             (default), or k tokens drawn per token.
-        remove_accidental_hits: drop noise samples equal to the target; None means on for "sampled" and
-            "mix", off for "nce" and "neg" (as TensorFlow).
+        remove_accidental_hits: drop noise samples equal to the target (TensorFlow's option). Off by default:
+            removal biases every sampled loss (NCE then learns log p/(1 − p), not log p; sampled softmax
+            over-estimates frequent tokens; see ``ebm.lm.losses``), so a UserWarning says so whenever it is
+            on with a sampled loss, at construction and each time ``loss`` is set.
         sparse: sparse gradients for `weight` and `bias` in the sampled losses (the "full" loss is always dense).
         eval_chunk_elements: evaluation computes at most this many scores at once (tokens × vocabulary chunk).
 
@@ -93,7 +120,7 @@ class SampledOutput(nn.Module):
         norm: str | float = "auto",
         noise_power: float = 1.0,
         shared_noise: bool = True,
-        remove_accidental_hits: bool | None = None,
+        remove_accidental_hits: bool = False,
         sparse: bool = True,
         eval_chunk_elements: int = 2**22,
     ) -> None:
@@ -108,25 +135,18 @@ class SampledOutput(nn.Module):
         self.vocab_size = vocab_size
         self.noise_ratio = int(noise_ratio)
         self.shared_noise = shared_noise
-        self.remove_accidental_hits = remove_accidental_hits
+        self.remove_accidental_hits = bool(remove_accidental_hits)
         self.sparse = sparse
         self.eval_chunk_elements = eval_chunk_elements
-        self.loss = loss
+        self._loss = check_loss_name(loss)
+        self._warn_if_hit_removal_biases(stacklevel=3)  # the caller's line
         self.noise = make_sampler(noise, vocab_size, noise_power)
         log_q = self.noise.log_probs().detach().float().cpu()
         if not torch.isfinite(log_q).all():
             raise ValueError("the noise gives probability 0 to some tokens; build it with AliasSampler.from_counts "
                              "(which floors zero counts) or pass the counts")
 
-        init_norm = math.log(vocab_size)
-        if norm == "learn":
-            self.norm = nn.Parameter(torch.tensor(init_norm))
-        elif norm == "auto" or isinstance(norm, int | float):
-            init_norm = init_norm if norm == "auto" else float(norm)
-            self.register_buffer("norm", torch.tensor(init_norm))
-        else:
-            raise ValueError(f"norm must be 'auto', 'learn' or a number, got {norm!r}")
-
+        init_norm = register_norm(self, norm, vocab_size)
         bound = 1 / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(vocab_size, in_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(log_q + init_norm)
@@ -140,12 +160,12 @@ class SampledOutput(nn.Module):
     @loss.setter
     def loss(self, name: str) -> None:
         self._loss = check_loss_name(name)
+        self._warn_if_hit_removal_biases(stacklevel=4)  # past nn.Module.__setattr__, the assigning line
 
-    def removes_accidental_hits(self) -> bool:
-        """Whether the current loss drops noise samples equal to the target."""
-        if self.remove_accidental_hits is not None:
-            return self.remove_accidental_hits
-        return self._loss in ("sampled", "mix")
+    def _warn_if_hit_removal_biases(self, stacklevel: int) -> None:
+        if self.remove_accidental_hits and self._loss != "full":
+            warnings.warn(f"remove_accidental_hits biases the {self._loss!r} loss: {_HIT_REMOVAL_BIAS[self._loss]} "
+                          f"(see ebm.lm.losses)", stacklevel=stacklevel)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters whose gradients are sparse under the current loss: [weight, bias] for a sampled loss
@@ -173,7 +193,8 @@ class SampledOutput(nn.Module):
         if target.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"target must be an integer tensor, got {target.dtype}")
         t = target.reshape(-1).long()  # (N,)
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.vocab_size):
+        # Checked on the CPU only: on an accelerator the check would synchronise the device every step.
+        if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.vocab_size):
             raise IndexError(f"target index out of range [0, {self.vocab_size}): "
                              f"min {int(t.min())}, max {int(t.max())}")
         return h, t
@@ -187,7 +208,7 @@ class SampledOutput(nn.Module):
         Args:
             hidden: (..., H) context vectors.  target: (...) token indices.
             reduction: "mean" (scalar over tokens), "sum", or "none" (per token, target's shape).
-            generator: for the noise draws.
+            generator: the CPU ``torch.Generator`` the noise is drawn from (torch's global one when None).
         """
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -216,7 +237,7 @@ class SampledOutput(nn.Module):
             emb_noise = emb_noise.reshape(n, k, self.in_features)  # (N, k, H)
             score_noise = torch.bmm(emb_noise, h.unsqueeze(2)).squeeze(2) + bias_noise.reshape(n, k)  # (N, k)
             hits_noise = noise
-        hits = hits_noise == t.unsqueeze(1) if self.removes_accidental_hits() else None  # (N, k)
+        hits = hits_noise == t.unsqueeze(1) if self.remove_accidental_hits else None  # (N, k)
         norm = self.norm.float()
         return SAMPLED_LOSSES[self._loss](
             score_target.float() - norm,
@@ -256,4 +277,4 @@ class SampledOutput(nn.Module):
         return self.log_normalizer(hidden) - self.score(hidden, target)
 
 
-__all__ = ["SampledOutput", "gather_rows"]
+__all__ = ["SampledOutput", "gather_rows", "register_norm"]

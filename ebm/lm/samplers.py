@@ -7,6 +7,13 @@ with one interface:
     log_prob(index)               -> log q(index), same shape as `index`
     log_probs()                   -> (V,) log q of every token
 
+Randomness and precision (the project's device convention): every draw takes its random numbers on the CPU,
+from ``generator`` (a CPU ``torch.Generator``) or from torch's global CPU generator when None, and only the
+resulting indices (and the alias method's coins, float32) move to the sampler's device. So a seed gives the
+same draws on every device, and checkpoints hold CPU generator states only. float64 is used on the CPU only
+(building tables, checking probabilities); tables live on the device as float32 / int64, and the log-uniform
+log q is computed there in float32, so nothing here needs float64 on the device (Apple MPS has none).
+
 Samplers:
     AliasSampler        any categorical distribution; O(V) vectorised build, O(1) per draw (Walker's alias
                         method; Vose 1991). ``AliasSampler.from_counts`` gives the unigram, optionally
@@ -39,7 +46,8 @@ class NoiseSampler(nn.Module, ABC):
 
     @abstractmethod
     def sample(self, shape: Shape, generator: torch.Generator | None = None) -> Tensor:
-        """Independent draws of `shape` (LongTensor on the sampler's device)."""
+        """Independent draws of `shape` (LongTensor on the sampler's device), random numbers from the CPU
+        `generator` (torch's global CPU generator when None)."""
 
     def log_prob(self, index: Tensor, check: bool = True) -> Tensor:
         """log q(index), same shape as `index`; `check=False` skips the range check (a device sync)."""
@@ -66,13 +74,18 @@ class NoiseSampler(nn.Module, ABC):
         return f"vocab_size={self.vocab_size}"
 
 
+def _cpu_float64(x: Tensor) -> Tensor:
+    """A float64 copy of `x` on the CPU (moved first, so no float64 tensor is ever made on its device)."""
+    return x.detach().cpu().double()
+
+
 def _check_probs(probs: Tensor, name: str) -> None:
     if not isinstance(probs, Tensor) or probs.dim() != 1 or probs.numel() == 0:
         shape = tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__
         raise ValueError(f"{name} must be a non-empty 1-D tensor of length V, got {shape}")
     if not torch.is_floating_point(probs) and probs.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{name} must be a real tensor, got {probs.dtype}")
-    p = probs.double()
+    p = _cpu_float64(probs)
     if not torch.isfinite(p).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     if (p < 0).any():
@@ -82,7 +95,7 @@ def _check_probs(probs: Tensor, name: str) -> None:
 
 
 def unigram_probs(counts: Tensor, power: float = 1.0, zero_count: float = 0.5) -> Tensor:
-    """Unigram noise from token counts: q(w) ∝ c'(w)^α, in float64.
+    """Unigram noise from token counts: q(w) ∝ c'(w)^α, in float64 on the CPU.
 
     Zero counts are floored to ``zero_count`` × the smallest positive count (half a count for integer counts),
     so that every token, including one never seen in training, has log q > −∞.
@@ -93,14 +106,14 @@ def unigram_probs(counts: Tensor, power: float = 1.0, zero_count: float = 0.5) -
         zero_count: the floor for zero counts, relative to the smallest positive count, in (0, 1].
 
     Returns:
-        (V,) probabilities summing to 1 (float64).
+        (V,) probabilities summing to 1 (float64, CPU).
     """
     _check_probs(counts, "counts")
     if not power >= 0:
         raise ValueError(f"power must be non-negative, got {power}")
     if not 0 < zero_count <= 1:
         raise ValueError(f"zero_count must be in (0, 1], got {zero_count}")
-    c = counts.double()
+    c = _cpu_float64(counts)
     floor = zero_count * c[c > 0].min()
     weights = torch.where(c > 0, c, floor).pow(power)
     return weights / weights.sum()
@@ -122,12 +135,12 @@ def build_alias_table(probs: Tensor) -> tuple[Tensor, Tensor]:
     (the last heavy token keeps its bucket), computed with one cumulative sum and one sorted search each.
 
     Args:
-        probs: (V,) non-negative weights, any scale (checked by the caller).
+        probs: (V,) non-negative weights, any scale (checked by the caller), on any device.
 
     Returns:
-        accept: (V,) float32 in [0, 1]; alias: (V,) int64.
+        accept: (V,) float32 in [0, 1]; alias: (V,) int64; both on the CPU, where the table is built in float64.
     """
-    p = probs.double()
+    p = _cpu_float64(probs)
     vocab_size = p.numel()
     w = p * (vocab_size / p.sum())  # (V,) mean 1
     light = w < 1
@@ -168,7 +181,7 @@ class AliasSampler(NoiseSampler):
         probs: (V,) non-negative weights, any scale. Tokens with weight 0 are never drawn (log q = −∞);
             use ``from_counts`` for a floored unigram.
 
-    Buffers:
+    Buffers (on the device of ``probs``, built on the CPU):
         accept (V,) float32, alias (V,) int64, log_q (V,) float32 = log of the normalised ``probs``.
     """
 
@@ -177,10 +190,10 @@ class AliasSampler(NoiseSampler):
         _check_probs(probs, "probs")
         self.vocab_size = probs.numel()
         accept, alias = build_alias_table(probs)
-        p = probs.double()
-        self.register_buffer("accept", accept)
-        self.register_buffer("alias", alias)
-        self.register_buffer("log_q", (p / p.sum()).log().float())
+        p = _cpu_float64(probs)
+        self.register_buffer("accept", accept.to(probs.device))
+        self.register_buffer("alias", alias.to(probs.device))
+        self.register_buffer("log_q", (p / p.sum()).log().float().to(probs.device))
 
     @classmethod
     def from_counts(cls, counts: Tensor, power: float = 1.0, zero_count: float = 0.5) -> AliasSampler:
@@ -188,13 +201,13 @@ class AliasSampler(NoiseSampler):
         return cls(unigram_probs(counts, power, zero_count))
 
     def sample(self, shape: Shape, generator: torch.Generator | None = None) -> Tensor:
-        """Draws of `shape` (LongTensor on the buffers' device)."""
-        accept, alias = self.accept, self.alias
+        """Draws of `shape` (LongTensor on the buffers' device); buckets and coins drawn on the CPU."""
         size = torch.Size(_as_shape(shape)).numel()
-        bucket = torch.randint(self.vocab_size, (size,), generator=generator, device=accept.device)  # (n,)
-        coin = torch.rand(size, generator=generator, device=accept.device)  # (n,)
-        keep = coin < accept.index_select(0, bucket)
-        return torch.where(keep, bucket, alias.index_select(0, bucket)).view(shape)
+        device = self.accept.device
+        bucket = torch.randint(self.vocab_size, (size,), generator=generator).to(device)  # (n,)
+        coin = torch.rand(size, generator=generator).to(device)  # (n,) float32
+        keep = coin < self.accept.index_select(0, bucket)
+        return torch.where(keep, bucket, self.alias.index_select(0, bucket)).view(shape)
 
     def _log_prob(self, index: Tensor) -> Tensor:
         return self.log_q[index]
@@ -207,8 +220,8 @@ class LogUniformSampler(NoiseSampler):
     """Log-uniform (Zipfian) noise over frequency ranks: P(k) = (log(k+2) − log(k+1)) / log(V+1).
 
     Assumes token indices are sorted by decreasing frequency (index 0 the most frequent). Draws are exact:
-    k = ⌊exp(u · log(V+1))⌋ − 1 with u ~ U[0, 1) (the inverse CDF), as in TensorFlow's
-    log_uniform_candidate_sampler.
+    k = ⌊exp(u · log(V+1))⌋ − 1 with u ~ U[0, 1) (the inverse CDF, in float64 on the CPU), as in TensorFlow's
+    log_uniform_candidate_sampler. log q is computed in float32 on the indices' device.
     """
 
     def __init__(self, vocab_size: int) -> None:
@@ -220,16 +233,16 @@ class LogUniformSampler(NoiseSampler):
         self.register_buffer("_device_probe", torch.empty(0), persistent=False)
 
     def sample(self, shape: Shape, generator: torch.Generator | None = None) -> Tensor:
-        shape = _as_shape(shape)
-        u = torch.rand(shape, generator=generator, device=self._device_probe.device, dtype=torch.float64)
-        return (torch.exp(u * self._log_range).floor().long() - 1).clamp_(0, self.vocab_size - 1)
+        u = torch.rand(_as_shape(shape), generator=generator, dtype=torch.float64)  # on the CPU
+        rank = (torch.exp(u * self._log_range).floor().long() - 1).clamp_(0, self.vocab_size - 1)
+        return rank.to(self._device_probe.device)
 
     def _log_prob(self, index: Tensor) -> Tensor:
-        k = index.double()
-        return (torch.log1p(1.0 / (k + 1)).log() - math.log(self._log_range)).float()
+        k = index.float()
+        return torch.log1p(1.0 / (k + 1)).log() - math.log(self._log_range)
 
     def log_probs(self) -> Tensor:
-        return self.log_prob(torch.arange(self.vocab_size, device=self._device_probe.device))
+        return self._log_prob(torch.arange(self.vocab_size, device=self._device_probe.device))
 
 
 class UniformSampler(NoiseSampler):
@@ -243,13 +256,15 @@ class UniformSampler(NoiseSampler):
         self.register_buffer("_device_probe", torch.empty(0), persistent=False)
 
     def sample(self, shape: Shape, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randint(self.vocab_size, _as_shape(shape), generator=generator, device=self._device_probe.device)
+        draws = torch.randint(self.vocab_size, _as_shape(shape), generator=generator)  # on the CPU
+        return draws.to(self._device_probe.device)
 
     def _log_prob(self, index: Tensor) -> Tensor:
-        return torch.full(index.shape, -math.log(self.vocab_size), device=index.device)
+        return torch.full(index.shape, -math.log(self.vocab_size), dtype=torch.float32, device=index.device)
 
     def log_probs(self) -> Tensor:
-        return torch.full((self.vocab_size,), -math.log(self.vocab_size), device=self._device_probe.device)
+        return torch.full((self.vocab_size,), -math.log(self.vocab_size), dtype=torch.float32,
+                          device=self._device_probe.device)
 
 
 NOISE_NAMES = ("unigram", "log_uniform", "uniform")
