@@ -1,9 +1,11 @@
 """Turn the frames of a run into one GIF, in pure Python (imageio; no external program).
 
-    python create_gif.py images/pinwheel                      # → images/pinwheel.gif
-    python create_gif.py images/pinwheel --duration 0.2 --scale 0.5 --out pinwheel.gif
+    python create_gif.py runs/pinwheel                        # runs/pinwheel/frames/ → runs/pinwheel/pinwheel.gif
+    python create_gif.py runs/pinwheel --duration 0.2 --scale 0.5 --out images/pinwheel.gif
+    python create_gif.py some/folder/of/frames                # → some/folder/of/frames.gif
 
-Frames are the folder's ``epoch_XXXX.png`` files, taken in numeric epoch order.
+The argument is a run folder (its ``frames/`` are used) or a folder of frames. Frames are the ``epoch_N.png``
+files, taken in numeric epoch order.
 """
 
 from __future__ import annotations
@@ -52,17 +54,21 @@ def _positive_float(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Make a GIF from a folder of epoch_XXXX.png frames.")
-    parser.add_argument("folder", type=Path, help="folder with the frames, e.g. images/pinwheel")
+    parser.add_argument("folder", type=Path, help="a run folder (e.g. runs/pinwheel) or a folder of frames")
     parser.add_argument("--duration", type=_positive_float, default=0.25, help="seconds per frame")
     parser.add_argument("--scale", type=_positive_float, default=1.0, help="resize factor for every frame")
-    parser.add_argument("--out", type=Path, default=None, help="output file (default: <folder>.gif)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output file (default: <run>/<run name>.gif, or <folder>.gif for a folder of frames)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
-    frames = frames_in(args.folder)
+    run_folder = (args.folder / "frames").is_dir()
+    frame_folder = args.folder / "frames" if run_folder else args.folder
+    frames = frames_in(frame_folder)
     if not frames:
-        parser.error(f"no epoch_XXXX.png frames in {args.folder}")
-    out = make_gif(frames, args.out or args.folder.with_suffix(".gif"), args.duration, args.scale)
+        parser.error(f"no epoch_XXXX.png frames in {frame_folder}")
+    default = args.folder / f"{args.folder.resolve().name}.gif" if run_folder else args.folder.with_suffix(".gif")
+    out = make_gif(frames, args.out or default, args.duration, args.scale)
     print(f"wrote {out} ({len(frames)} frames)")
     return 0
 

@@ -3,9 +3,9 @@
     python train.py --dataset pinwheel                       # a toy 2D dataset: the energy model
     python train.py --dataset synthetic --loss nce           # a corpus: the NCE language model
 
-A toy dataset name trains the 2D energy model (see ``ebm.energy.cli``); anything else is a corpus name or
-folder and trains the language model (see ``ebm.lm.cli``). ``--help`` after a dataset shows that side's
-options.
+A toy dataset name (or no --dataset: 8gaussians) trains the 2D energy model (``ebm.energy.cli``); anything else
+is a corpus name or folder and trains the language model (``ebm.lm.cli``). ``--help`` after a dataset shows
+that side's options. An option of the other side is refused with a message saying which side it belongs to.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from __future__ import annotations
 import sys
 
 from ebm.data.toy import TOY_DATASETS
+from ebm.energy.train import EnergyConfig
+from ebm.harness import RUN_FIELDS, build_parser
+from ebm.lm.train import LMConfig
 
 USAGE = """usage: python train.py --dataset NAME [options]
 
@@ -33,16 +36,32 @@ def _dataset_of(argv: list[str]) -> str | None:
     return None
 
 
+def _flags(config_cls: type) -> set[str]:
+    return set(build_parser(config_cls, "train.py", "", RUN_FIELDS)._option_string_actions)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     dataset = _dataset_of(argv)
-    if dataset is None:
-        if any(a in ("-h", "--help") for a in argv):
-            print(USAGE.format(toy=", ".join(TOY_DATASETS)))
-            return 0
-        dataset = "8gaussians"
-        argv = ["--dataset", dataset, *argv]
-    if dataset in TOY_DATASETS:
+    if dataset is None and any(a in ("-h", "--help") for a in argv):
+        print(USAGE.format(toy=", ".join(TOY_DATASETS)))
+        return 0
+    energy = dataset is None or dataset in TOY_DATASETS
+    own, other = (EnergyConfig, LMConfig) if energy else (LMConfig, EnergyConfig)
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    foreign = sorted(given - _flags(own) & _flags(other))
+    if foreign:
+        names = ", ".join(foreign)
+        if dataset is None:
+            hint = ("they are language-model options: choose a corpus with --dataset "
+                    "(synthetic, ptb, wikitext-2 or a folder)")
+        elif energy:
+            hint = f"they are language-model options, and --dataset {dataset} trains the 2D energy model"
+        else:
+            hint = f"they are options of the 2D energy model, and --dataset {dataset} trains a language model"
+        print(f"train.py: error: {names}: {hint}", file=sys.stderr)
+        return 2
+    if energy:
         from ebm.energy.cli import main as energy_main
 
         return energy_main(argv)

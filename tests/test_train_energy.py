@@ -1,4 +1,4 @@
-"""Training runs: outputs, exact resume, checkpoints, non-finite losses, bad input, loading a model."""
+"""2D training runs: outputs, exact resume (at epoch ends and mid-epoch), divergence, bad input, loading."""
 
 import importlib.util
 import json
@@ -9,161 +9,192 @@ import pytest
 import torch
 
 import ebm.energy.train as train_module
+import ebm.harness.loop as loop_module
 from ebm.energy import EnergyConfig, load_model, train_energy
-from ebm.energy.cli import main
+from ebm.harness import TrainingDiverged
 from ebm.utils import CheckpointError, read_metrics
+from train import main as train_main
 
-TINY = dict(
-    dataset="rings",
-    epochs=3,
-    samples=512,
-    batch_size=128,
-    width=16,
-    depth=2,
-    eval_points=2000,
-    resolution=32,
-    noise="fitted",
-)
+TINY = dict(dataset="rings", epochs=3, samples=512, batch_size=128, width=16, depth=2, eval_points=2000,
+            resolution=32, noise="fitted", progress=False, log_interval=1)
 
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("EBM_PROGRESS", "0")
+_spec = importlib.util.spec_from_file_location("create_gif", Path(__file__).parents[1] / "create_gif.py")
+create_gif = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(create_gif)
 
 
 def _config(tmp_path, name="run", **changes):
-    return EnergyConfig(**{**TINY, "out": str(tmp_path / "runs" / name), "images": "none", **changes})
+    return EnergyConfig(**{**TINY, "out": str(tmp_path / "runs" / name), "frames": "none", **changes})
+
+
+def _same_parameters(path_a, path_b):
+    a, b = load_model(path_a).state_dict(), load_model(path_b).state_dict()
+    return all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_end_to_end_cli_writes_frames_metrics_and_a_gif(tmp_path):
-    out, images = tmp_path / "runs" / "pin", tmp_path / "images" / "pin"
+    out = tmp_path / "runs" / "pin"
     args = ["--dataset", "pinwheel", "--epochs", "2", "--samples", "512", "--batch-size", "128", "--width", "16"]
-    assert main([*args, "--eval-points", "2000", "--out", str(out), "--images", str(images)]) == 0
-    assert sorted(p.name for p in images.iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+    assert train_main([*args, "--eval-points", "2000", "--resolution", "32", "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["epoch"] for r in records] == [1, 2, 2] and records[-1]["final"]
-    assert {"loss", "accuracy", "normaliser_error", "test_nll", "kl", "entropy", "plot_seconds"} <= records[0].keys()
+    assert [r["epoch"] for r in records] == [1, 2, 2] and records[-1]["final"] and not records[-1]["partial"]
+    assert {"loss", "accuracy", "normaliser_error", "mass_outside", "test_nll", "kl", "entropy"} <= records[0].keys()
     assert json.loads((out / "config.json").read_text())["dataset"] == "pinwheel"
-    spec = importlib.util.spec_from_file_location("create_gif", Path(__file__).parents[1] / "create_gif.py")
-    create_gif = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(create_gif)
-    assert create_gif.main([str(images)]) == 0 and (tmp_path / "images" / "pin.gif").stat().st_size > 0
+    assert create_gif.main([str(out)]) == 0 and (out / "pin.gif").stat().st_size > 0
 
 
-def test_default_run_folders(tmp_path, monkeypatch):
+def test_default_run_folders_keep_frames_inside_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = EnergyConfig(dataset="moons")
-    assert config.run_dir == Path("runs/moons") and config.frame_dir == Path("images/moons")
-    assert EnergyConfig(out="runs/x").frame_dir == Path("images/x") and EnergyConfig(images="none").frame_dir is None
+    assert config.run_dir == Path("runs/moons") and config.run_folder().frames == Path("runs/moons/frames")
+    assert EnergyConfig(frames="none").run_folder().frames is None
+    a, b = EnergyConfig(out="a/x").run_folder().frames, EnergyConfig(out="b/x").run_folder().frames
+    assert a != b  # two runs with the same folder name never share frames
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_a_shorter_rerun_leaves_no_stale_frames(tmp_path):
+    train_energy(_config(tmp_path, epochs=3, frames=""))
+    train_energy(_config(tmp_path, epochs=1, frames=""))
+    assert [p.name for p in (tmp_path / "runs" / "run" / "frames").iterdir()] == ["epoch_0001.png"]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "run" / "metrics.jsonl")] == [1, 1]
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     full = train_energy(_config(tmp_path, "full"))
-    real_save, calls = train_module.save_checkpoint, []
+    real_save, calls = train_module.RunFolder.save, []
 
-    def crash_on_second_save(path, state):
-        calls.append(path)
+    def crash_on_second_save(self, state):
+        calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
-        real_save(path, state)
+        real_save(self, state)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", crash_on_second_save)
+    monkeypatch.setattr(train_module.RunFolder, "save", crash_on_second_save)
     with pytest.raises(KeyboardInterrupt):
         train_energy(_config(tmp_path, "cut"))
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_module.RunFolder, "save", real_save)
     resumed = train_energy(_config(tmp_path, "cut", resume=True))
-
-    a, b = load_model(tmp_path / "runs" / "full"), load_model(tmp_path / "runs" / "cut" / "checkpoint.pt")
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(p, q), name
+    assert _same_parameters(tmp_path / "runs" / "full", tmp_path / "runs" / "cut" / "checkpoint.pt")
     assert resumed["kl"] == full["kl"] and resumed["log_z"] == full["log_z"]
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "cut" / "metrics.jsonl")] == [1, 2, 3, 3]
 
 
-def test_load_model_gives_cpu_eval_model(tmp_path):
+def test_time_budget_stops_mid_epoch_and_resume_continues_exactly(tmp_path, monkeypatch):
+    full = train_energy(_config(tmp_path, "full"))
+    now = iter(range(10**6))  # a fake clock: every reading advances one second
+    monkeypatch.setattr(loop_module, "_now", lambda: float(next(now)))
+    stopped = train_energy(_config(tmp_path, "cut", time_budget=7.5))
+    assert stopped["partial"] and stopped["epoch"] == 2  # 4 steps per epoch: the budget ends inside epoch 2
+    state = torch.load(tmp_path / "runs" / "cut" / "checkpoint.pt", weights_only=True)
+    assert state["position"]["epoch"] == 1 and 0 < state["position"]["epoch_step"] < 4  # epoch 2 is not finished
+    resumed = train_energy(_config(tmp_path, "cut", resume=True))
+    assert not resumed["partial"] and resumed["loss"] == pytest.approx(full["loss"], rel=1e-6)
+    assert _same_parameters(tmp_path / "runs" / "full", tmp_path / "runs" / "cut")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "cut" / "metrics.jsonl")] == [1, 2, 3, 3]
+
+
+def test_load_model_gives_an_eval_model_on_the_asked_device(tmp_path):
     train_energy(_config(tmp_path, epochs=1))
-    model = load_model(tmp_path / "runs" / "run")
-    assert not model.training and model.log_z.device.type == "cpu"
-    x = torch.randn(7, 2)
-    log_p = model.log_prob(x)
-    assert log_p.shape == (7,)
-    assert torch.allclose(log_p, -model.energy(x) - model.log_z)
+    model = load_model(tmp_path / "runs" / "run", device="auto")
+    assert not model.training and model.log_z.device.type in ("cpu", "cuda", "mps")
+    x = torch.randn(7, 2, device=model.log_z.device)
+    assert model.log_prob(x).shape == (7,)
+    assert torch.allclose(model.log_prob(x), -model.energy(x) - model.log_z)
+
+
+def test_checkpoints_hold_only_cpu_generator_states(tmp_path):
+    """All randomness is drawn on the CPU, so a run can be resumed on another device."""
+    train_energy(_config(tmp_path, epochs=1))
+    state = torch.load(tmp_path / "runs" / "run" / "checkpoint.pt", weights_only=True)
+    assert all(g.device.type == "cpu" and g.dtype == torch.uint8 for g in state["rng"]["generators"])
+    assert state["epoch_rng"].device.type == "cpu"
 
 
 def test_resume_without_checkpoint_writes_nothing(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot resume: no checkpoint"):
         train_energy(_config(tmp_path, resume=True))
     assert not (tmp_path / "runs").exists()
 
 
-def test_resume_from_corrupt_checkpoint_keeps_it(tmp_path, capsys):
+def test_resume_from_a_corrupt_checkpoint_keeps_it(tmp_path, capsys):
     run = tmp_path / "runs" / "run"
     run.mkdir(parents=True)
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    assert main(["--dataset", "rings", "--resume", "--out", str(run), "--images", "none"]) == 1
+    assert train_main(["--dataset", "rings", "--resume", "--out", str(run), "--no-progress"]) == 1
     assert "corrupt" in capsys.readouterr().err
     assert (run / "checkpoint.pt").read_bytes() == b"not a checkpoint" and sorted(run.iterdir()) == [
-        run / "checkpoint.pt"
-    ]
+        run / "checkpoint.pt"]
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     train_energy(_config(tmp_path, epochs=1))
     with pytest.raises(ValueError, match="lr: checkpoint 0.005, now 0.1"):
         train_energy(_config(tmp_path, epochs=1, lr=0.1, resume=True))
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    config = _config(tmp_path)
+def _poison_step(monkeypatch, bad_step, value):
     real_loss, steps = train_module.nce_loss, []
 
-    def nan_in_epoch_two(*args):
+    def poisoned(*args):
         steps.append(1)
         loss, accuracy = real_loss(*args)
-        return (loss * float("nan"), accuracy) if len(steps) == 6 else (loss, accuracy)  # epoch 2, step 2
+        return (loss * value if len(steps) == bad_step else loss), accuracy
 
-    monkeypatch.setattr(train_module, "nce_loss", nan_in_epoch_two)
-    with pytest.raises(train_module.TrainingDiverged, match="epoch 2, step 2 of 4"):
+    monkeypatch.setattr(train_module, "nce_loss", poisoned)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1e30])
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, value):
+    config = _config(tmp_path)
+    _poison_step(monkeypatch, 6, value)  # epoch 2, step 2 (4 steps per epoch)
+    with pytest.raises(TrainingDiverged, match="in epoch 2, steps 2–2 of 4; the last good checkpoint"):
         train_energy(config)
     state = torch.load(config.run_dir / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert state["position"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-@pytest.mark.parametrize(
-    "field, value, message",
-    [
-        ("dataset", "spiral", "choose one of 8gaussians"),
-        ("noise", "uniform", "choose one of gaussian"),
-        ("epochs", 0, "epochs must be a positive integer"),
-        ("batch_size", -1, "batch_size must be a positive integer"),
-        ("samples", 0, "samples must be a positive integer"),
-        ("noise_ratio", 0.0, "noise_ratio must be a positive number"),
-        ("lr", -1e-3, "lr must be a positive number"),
-        ("lr", float("nan"), "lr must be a positive number"),
-    ],
-)
+def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeypatch, capsys):
+    _poison_step(monkeypatch, 2, float("inf"))
+    argv = ["--dataset", "rings", "--epochs", "1", "--samples", "512", "--batch-size", "128", "--width", "16",
+            "--eval-points", "2000", "--resolution", "32", "--log-interval", "1", "--out", str(tmp_path / "r"),
+            "--no-progress"]
+    assert train_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "not finite" in err and "no checkpoint was written" in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dataset", "spiral", "choose one of 8gaussians"),
+    ("noise", "uniform", "choose one of gaussian"),
+    ("epochs", 0, "epochs must be positive"),
+    ("batch_size", -1, "batch_size must be positive"),
+    ("lr", float("nan"), "lr must be positive"),
+    ("noise_ratio", 0.001, "at least one noise point per step"),
+    ("resolution", 33, "resolution must be an even integer"),
+    ("device", "cuda:x", "device must be one of"),
+])
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         EnergyConfig(**{field: value})
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--dataset", "spiral"], "invalid choice: 'spiral'"),
-        (["--noise", "uniform"], "invalid choice: 'uniform'"),
-        (["--epochs", "0"], "must be positive"),
-        (["--batch-size", "-4"], "must be positive"),
-        (["--samples", "ten"], "expected a int"),
-        (["--noise-ratio", "0"], "must be positive"),
-        (["--lr", "-0.1"], "must be positive"),
-        (["--device", "tpu"], "invalid choice 'tpu'"),
-    ],
-)
-def test_cli_rejects_bad_input_before_any_work(args, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--out", str(tmp_path / "run"), "--images", str(tmp_path / "img")])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "spiral"], "unknown dataset 'spiral': not a toy 2D dataset (8gaussians"),
+    (["--noise", "uniform"], "invalid choice: 'uniform'"),
+    (["--epochs", "0"], "epochs must be positive"),
+    (["--samples", "ten"], "expected an integer, got 'ten'"),
+    (["--noise-ratio", "0.0001"], "at least one noise point"),
+    (["--device", "tpu"], "device must be one of"),
+    (["--loss", "nce"], "--loss: they are language-model options: choose a corpus with --dataset"),
+    (["--dataset", "rings", "--noise-power", "1"], "--dataset rings trains the 2D energy model"),
+    (["--dataset", "synthetic", "--noise-widen", "2"], "options of the 2D energy model"),
+])
+def test_cli_rejects_bad_input_before_any_work(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_main([*args, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,22 +1,21 @@
 """2D energy-based density estimation by NCE: model, noise, objective, exact evaluation, plots, training.
 
-from ebm.energy import EnergyConfig, train_energy, load_model, evaluate_density
-metrics = train_energy(EnergyConfig(dataset="pinwheel"))
-model = load_model("runs/pinwheel")            # CPU, eval mode; model.log_prob(x): (N, 2) → (N,)
+    from ebm.energy import EnergyConfig, train_energy, load_model, evaluate_density
+    metrics = train_energy(EnergyConfig(dataset="pinwheel"))
+    model = load_model("runs/pinwheel")            # eval mode on the CPU; model.log_prob(x): (N, 2) → (N,)
 """
 
 from ebm.energy.evaluate import Grid, density_metrics, evaluate_density
 from ebm.energy.model import EnergyMLP
 from ebm.energy.noise import GaussianMixtureNoise, make_noise
 from ebm.energy.objective import nce_loss
-from ebm.energy.train import EnergyConfig, TrainingDiverged, load_model, train_energy
+from ebm.energy.train import EnergyConfig, load_model, train_energy
 
 __all__ = [
     "EnergyConfig",
     "EnergyMLP",
     "GaussianMixtureNoise",
     "Grid",
-    "TrainingDiverged",
     "density_metrics",
     "evaluate_density",
     "load_model",

@@ -65,11 +65,17 @@ class GaussianMixtureNoise(nn.Module):
         return self.distribution().log_prob(x)
 
     def sample(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None) -> Tensor:
-        """Draw (*shape, 2) points: a component k by its weight, then loc_k + L_k·z, z ~ N(0, I)."""
+        """Draw (*shape, 2) points on the buffers' device: a component k by its weight, then loc_k + L_k·z.
+
+        The random numbers (u ~ U[0, 1) for k by inverting the weights' CDF, z ~ N(0, I)) come from the CPU
+        ``generator`` (torch's global CPU generator when None), so a seed gives the same points on every device.
+        """
         shape = torch.Size(shape)
         n = shape.numel()
-        k = torch.multinomial(self.logits.softmax(0), n, replacement=True, generator=generator)  # (n,)
-        z = torch.randn(n, 2, 1, generator=generator, device=self.loc.device)  # (n, 2, 1)
+        u = torch.rand(n, generator=generator).to(self.loc.device)  # (n,)
+        z = torch.randn(n, 2, 1, generator=generator).to(self.loc.device)  # (n, 2, 1)
+        cdf = self.logits.softmax(0).cumsum(0)  # (K,)
+        k = torch.searchsorted(cdf, u, right=True).clamp(max=len(cdf) - 1)  # (n,)
         x = self.loc[k] + (self.scale_tril[k] @ z).squeeze(-1)  # (n, 2)
         return x.reshape(*shape, 2)
 

@@ -1,105 +1,93 @@
-"""Training a 2D energy model by NCE: the config, the loop, checkpoints and loading a trained model.
+"""Training a 2D energy model by NCE: the config, the loop, and loading a trained model.
 
-Each epoch draws ``samples`` fresh data points, and for every batch of B of them ν·B noise points, and
-takes one Adam step on −J (``ebm.energy.objective``) with a cosine-decaying learning rate. At the end of
-each epoch the model is normalised on a grid and scored (``ebm.energy.evaluate``), a frame is drawn, a
-line is appended to ``metrics.jsonl`` and the checkpoint is replaced atomically.
+Each epoch draws ``samples`` fresh data points, and for every batch of B of them ν·B noise points, and takes
+one Adam step on −J (``ebm.energy.objective``) with a cosine-decaying learning rate. At the end of each epoch
+the model is normalised on a grid and scored (``ebm.energy.evaluate``), a frame is drawn, a line is appended
+to ``metrics.jsonl`` and the checkpoint is replaced atomically. The run folder, resume rule, divergence rule,
+time budget and progress bars are the shared harness's (``ebm.harness``).
+
+All randomness comes from CPU generators (data, noise) and torch's global RNG (initialisation), so a seed
+gives the same run on any device, and a run can be resumed on another device.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from ebm.data.toy import REFERENCE_DATASETS, TOY_DATASETS, log_prob, sample
-from ebm.energy.evaluate import Grid, chunked, density_metrics, grid_log_prob
+from ebm.data.toy import EXACT_DATASETS, TOY_DATASETS, log_prob, sample
+from ebm.energy.evaluate import Grid, density_metrics, grid_log_prob
 from ebm.energy.model import ACTIVATIONS, EnergyMLP
 from ebm.energy.noise import NOISE_CHOICES, GaussianMixtureNoise, empty_noise, make_noise
 from ebm.energy.objective import nce_loss
 from ebm.energy.plot import DensityFigure
-from ebm.utils import (
-    MetricsLogger,
-    get_device,
-    get_rng_state,
-    load_checkpoint,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
+from ebm.harness import (
+    DivergenceGuard,
+    Position,
+    RunConfig,
+    RunFolder,
+    TrainingClock,
+    checkpoint_path,
+    from_dict,
+    option,
+    positive,
+    progress_bar,
+    say,
+    set_threads,
 )
+from ebm.utils import get_device, get_rng_state, load_checkpoint, seed_everything, set_rng_state
 
-CHECKPOINT = "checkpoint.pt"
 EPOCH_EVAL_POINTS = 10_000  # test points scored each epoch; the paired KL estimate's error is then ≈ 0.003
 BASE_CHOICES = ("noise", "none")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+def _even_resolution(name: str, value: int) -> None:
+    if value < 2 or value % 2:
+        raise ValueError(f"{name} must be an even integer ≥ 2, got {value}")
 
 
 @dataclass
-class EnergyConfig:
-    """Everything that defines a run (saved as ``config.json`` and in the checkpoint)."""
+class EnergyConfig(RunConfig):
+    """Everything that defines a 2D run (saved as ``config.json`` and in the checkpoint)."""
 
-    dataset: str = "8gaussians"  # a name in ebm.data.toy.TOY_DATASETS
-    epochs: int = 20  # each epoch ends with an evaluation, a frame and a checkpoint
-    samples: int = 64_000  # fresh data points per epoch (steps per epoch = samples / batch_size)
-    batch_size: int = 256  # data points per step
-    lr: float = 5e-3  # Adam's peak learning rate, decayed to 0 by a cosine over all steps
-    noise: str = "gmm"  # gaussian (the seed's N(0, 4I)), fitted, or gmm
-    noise_ratio: float = 4.0  # ν, noise points per data point
-    noise_components: int = 8  # K of the gmm noise
-    noise_widen: float = 1.5  # factor on the fitted noise covariances
-    width: int = 128  # hidden units per layer of the energy MLP
-    depth: int = 3  # hidden layers
-    activation: str = "silu"
-    base: str = "noise"  # "noise": energy relative to the noise density (log p = log q − g − c); "none": plain MLP
-    seed: int = 0
-    device: str = "auto"  # auto tries cuda, then mps, then cpu
-    out: str = ""  # run folder; "" means runs/<dataset>
-    images: str = ""  # frame folder; "" means images/<run folder name>, "none" writes no frames
-    resume: bool = False  # continue the run in `out` from its checkpoint
-    eval_points: int = 100_000  # fresh test points for the final NLL and KL (each epoch uses up to 10k of them)
-    resolution: int = 128  # grid cells per side for each epoch's normalisation and frame; the final uses 2×
+    dataset: str = option("8gaussians", "toy 2D distribution", choices=TOY_DATASETS)
+    epochs: int = option(20, "epochs; each ends with an evaluation, a frame and a checkpoint", check=positive)
+    samples: int = option(64_000, "fresh data points per epoch (steps per epoch = samples / batch size)",
+                          check=positive)
+    batch_size: int = option(256, "data points per step", check=positive)
+    lr: float = option(5e-3, "Adam's peak learning rate, decayed to 0 by a cosine over all steps", check=positive)
+    noise: str = option("gmm", "gaussian: the seed's N(0, 4I); fitted: the data's Gaussian; gmm: a fitted mixture "
+                        "plus a broad defensive component", choices=NOISE_CHOICES)
+    noise_ratio: float = option(4.0, "ν, noise points per data point", check=positive)
+    noise_components: int = option(8, "components of the gmm noise", check=positive)
+    noise_widen: float = option(1.5, "factor on the fitted noise covariances", check=positive)
+    width: int = option(128, "hidden units per layer of the energy MLP", check=positive)
+    depth: int = option(3, "hidden layers of the energy MLP", check=positive)
+    activation: str = option("silu", "activation of the energy MLP", choices=tuple(ACTIVATIONS))
+    base: str = option("noise", "noise: energy relative to the noise density (log p = log q − g − log_z); "
+                       "none: a plain MLP (log p = −g − log_z)", choices=BASE_CHOICES)
+    eval_points: int = option(100_000, "fresh test points for the final NLL and KL (each epoch scores up to 10k)",
+                              check=positive)
+    resolution: int = option(128, "grid cells per side for each epoch's evaluation and frame; the final uses 2×",
+                             check=_even_resolution)
+    frames: str = option("", "frame folder ('' = <run folder>/frames, 'none' = no frames)", resumable=True)
 
     def __post_init__(self) -> None:
-        if self.dataset not in TOY_DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(TOY_DATASETS)}")
-        if self.noise not in NOISE_CHOICES:
-            raise ValueError(f"unknown noise {self.noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
-        if self.base not in BASE_CHOICES:
-            raise ValueError(f"unknown base {self.base!r}; choose one of {', '.join(BASE_CHOICES)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        for name in ("epochs", "samples", "batch_size", "noise_components", "width", "depth", "eval_points"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("lr", "noise_ratio", "noise_widen"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
-        if self.resolution < 2 or self.resolution % 2:
-            raise ValueError(f"resolution must be an even integer ≥ 2, got {self.resolution}")
+        super().__post_init__()
+        if round(self.noise_ratio * self.batch_size) < 1:
+            raise ValueError(f"noise_ratio × batch_size must give at least one noise point per step, got "
+                             f"{self.noise_ratio} × {self.batch_size}")
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.dataset}")
+    def run_name(self) -> str:
+        return self.dataset
 
-    @property
-    def frame_dir(self) -> Path | None:
-        if self.images == "none":
-            return None
-        return Path(self.images or f"images/{self.run_dir.name}")
-
-
-# Fields that may differ between a run and its resumption: where things go, not what is computed.
-_RESUMABLE_CHANGES = {"device", "out", "images", "resume"}
+    def run_folder(self) -> RunFolder:
+        frames = None if self.frames == "none" else (self.frames or "frames")
+        return RunFolder(self.run_dir, frames)
 
 
 def cosine_lr(step: int, total_steps: int, peak: float) -> float:
@@ -112,181 +100,178 @@ def build_model(config: EnergyConfig, noise: GaussianMixtureNoise) -> EnergyMLP:
     return EnergyMLP(config.width, config.depth, config.activation, noise if config.base == "noise" else None)
 
 
-def _check_resumable(saved: dict[str, Any], config: EnergyConfig) -> None:
-    wanted = asdict(config)
-    differ = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {wanted[k]!r}"
-        for k in wanted
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != wanted[k]
-    ]
-    if differ:
-        raise ValueError("cannot resume with a different configuration; " + "; ".join(differ))
+def train_step(model: EnergyMLP, noise: GaussianMixtureNoise, batch: torch.Tensor, optimizer: torch.optim.Optimizer,
+               generator: torch.Generator, noise_ratio: float) -> torch.Tensor:
+    """One Adam step on −J for a batch (B, 2) against round(ν·B) fresh noise points; returns (loss, accuracy).
+
+    The result is a detached (2,) tensor on the device, so the loop synchronises only when it reads it.
+    """
+    noise_points = noise.sample((round(noise_ratio * len(batch)),), generator)  # (ν·B, 2)
+    loss, accuracy = nce_loss(model, noise, batch, noise_points, noise_ratio)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack([loss.detach(), accuracy])
 
 
-def train_energy(config: EnergyConfig) -> dict[str, float]:
+def _test_set(config: EnergyConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed test points (N, 2) from their own generator, and their exact log-density (N,) where one is known."""
+    test = sample(config.dataset, config.eval_points, torch.Generator().manual_seed(config.seed + 1_000_003))
+    return test, log_prob(config.dataset, test) if config.dataset in EXACT_DATASETS else None
+
+
+def train_energy(config: EnergyConfig) -> dict[str, Any]:
     """Train (or, with ``config.resume``, continue) a run; return the final metrics.
 
-    The final metrics are the last epoch's, with the evaluation redone on all ``eval_points`` test points
-    and a grid of 2·resolution cells per side (also the last line of ``metrics.jsonl``, ``"final": true``).
+    The final metrics are those of the last epoch with the evaluation redone on all ``eval_points`` test points
+    and a grid of 2·resolution cells per side (also the last line of ``metrics.jsonl``, ``"final": true``). A
+    run stopped by ``time_budget`` evaluates where it stopped (``"partial": true``) and resumes from there.
 
     Raises:
         CheckpointError: resuming without a readable checkpoint (nothing is written).
-        ValueError: resuming with a configuration other than the checkpoint's.
-        TrainingDiverged: a non-finite loss; names the epoch and step, keeps the last good checkpoint.
+        ValueError: an unavailable device, or resuming with a configuration other than the checkpoint's.
+        TrainingDiverged: a non-finite or exploding loss; names the epoch and steps, keeps the last good checkpoint.
     """
     device = get_device(config.device)
-    run_dir, frame_dir = config.run_dir, config.frame_dir
-    state = load_checkpoint(run_dir / CHECKPOINT) if config.resume else None
-    if state is not None:
-        _check_resumable(state["config"], config)
+    set_threads(config.threads)
+    run = config.run_folder()
+    state = run.load_for_resume(config) if config.resume else None
 
     seed_everything(config.seed)
     data_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    noise_gen = torch.Generator().manual_seed(config.seed + 1)
     if state is None:
-        fit_points = sample(config.dataset, 10_000, data_gen)
-        noise = make_noise(config.noise, fit_points, config.noise_components, config.noise_widen, config.seed)
+        noise = make_noise(config.noise, sample(config.dataset, 10_000, data_gen), config.noise_components,
+                           config.noise_widen, config.seed)
     else:
         noise = empty_noise(config.noise, config.noise_components)
         noise.load_state_dict(state["noise"])
     model = build_model(config, noise).to(device)
     noise = noise.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start_epoch = 0
+    position, guard, clock = Position(), DivergenceGuard(), TrainingClock(config.time_budget)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], data_gen, noise_gen)
-        start_epoch = state["epoch"]
+        position, guard = Position(**state["position"]), DivergenceGuard(**state["guard"])
+        clock.spent = state["train_seconds"]
 
-    # A fixed test set, drawn from its own generator so that it does not depend on training.
-    test = sample(config.dataset, config.eval_points, torch.Generator().manual_seed(config.seed + 1_000_003))
-    test_log_p = log_prob(config.dataset, test) if config.dataset in REFERENCE_DATASETS else None
+    test, test_log_p = _test_set(config)
+    epoch_test = test[:EPOCH_EVAL_POINTS]
+    epoch_test_log_p = None if test_log_p is None else test_log_p[:EPOCH_EVAL_POINTS]
     grid = Grid.covering(test, config.resolution)
-    epoch_test, epoch_test_log_p = (
-        test[:EPOCH_EVAL_POINTS],
-        None if test_log_p is None else test_log_p[:EPOCH_EVAL_POINTS],
-    )
     figure = None
-    if frame_dir is not None:
-        frame_dir.mkdir(parents=True, exist_ok=True)
-        noise_image = grid_log_prob(noise.log_prob, grid, device)
-        figure = DensityFigure(grid, test[:20_000], noise_image, f"{config.dataset}, NCE ν={config.noise_ratio:g}")
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    logger = MetricsLogger(run_dir / "metrics.jsonl")
-    logger.truncate_after("epoch", start_epoch)
+    if run.frames is not None:
+        title = f"{config.dataset}, NCE ν={config.noise_ratio:g}"
+        figure = DensityFigure(grid, test[:20_000], grid_log_prob(noise.log_prob, grid, device), title)
+    logger = run.start(config, position.epoch if state is not None else None)
     steps_per_epoch = math.ceil(config.samples / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
-    metrics: dict[str, float] = dict(state["metrics"]) if state is not None else {}
+    metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
+    sums = state["sums"] if state is not None and position.epoch_step else {"loss": 0.0, "accuracy": 0.0}
 
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        started = time.perf_counter()
+    def checkpoint(epoch_start_rng: torch.Tensor) -> None:
+        run.save({"model": model.state_dict(), "noise": noise.state_dict(), "optimizer": optimizer.state_dict(),
+                  "config": asdict(config), "position": position.state_dict(), "guard": guard.state_dict(),
+                  "train_seconds": clock.seconds, "metrics": metrics, "sums": sums,
+                  "epoch_rng": epoch_start_rng, "rng": get_rng_state(data_gen, noise_gen)})
+
+    stopped = clock.out_of_time()  # a resumed run whose budget is already spent only evaluates
+    while position.epoch < config.epochs and not stopped:
+        epoch = position.epoch + 1
+        if position.epoch_step:  # resuming mid-epoch: redraw this epoch's data from the state it started in
+            data_gen.set_state(state["epoch_rng"])
+        epoch_start_rng = data_gen.get_state()
+        batches = sample(config.dataset, config.samples, data_gen).to(device).split(config.batch_size)
         model.train()
-        data = sample(config.dataset, config.samples, data_gen).to(device)
-        loss_sum, accuracy_sum = torch.zeros((), device=device), torch.zeros((), device=device)
-        bar = tqdm(
-            data.split(config.batch_size),
-            desc=f"epoch {epoch}/{config.epochs}",
-            leave=False,
-            disable=os.environ.get("EBM_PROGRESS", "1") == "0",
-        )
-        for i, batch in enumerate(bar):
-            step = (epoch - 1) * steps_per_epoch + i
+        clock.run()
+        pending, pending_steps = torch.zeros(2, device=device), 0  # summed (loss, accuracy) since the last check
+        bar = progress_bar(range(position.epoch_step, steps_per_epoch), steps_per_epoch, f"epoch {epoch}",
+                           config.progress, initial=position.epoch_step)
+        for i in bar:
+            batch = batches[i]
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total_steps, config.lr)
-            noise_points = noise.sample((round(config.noise_ratio * len(batch)),), noise_gen)
-            loss, accuracy = nce_loss(model, noise, batch, noise_points, config.noise_ratio)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch}, step {i + 1} of {steps_per_epoch}; "
-                    f"the last good checkpoint in {run_dir} is kept"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            accuracy_sum += accuracy
-            if i % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{accuracy.item():.3f}")
-        train_seconds = time.perf_counter() - started
-
-        started = time.perf_counter()
-        model.eval()
-        model_image = grid_log_prob(model.log_prob, grid, device)
-        metrics = density_metrics(model_image, grid, chunked(model.log_prob, epoch_test.to(device)), epoch_test_log_p)
-        eval_seconds = time.perf_counter() - started
-        plot_seconds = 0.0
-        if figure is not None:
-            started = time.perf_counter()
-            text = f"epoch {epoch}" + (f", KL {metrics['kl']:.3f} nats" if "kl" in metrics else "")
-            figure.save(model_image - metrics["log_normaliser"], frame_dir / f"epoch_{epoch:04d}.png", text)
-            plot_seconds = time.perf_counter() - started
-        metrics = {
-            "epoch": epoch,
-            "step": epoch * steps_per_epoch,
-            "loss": loss_sum.item() / steps_per_epoch,
-            "accuracy": accuracy_sum.item() / steps_per_epoch,
-            "log_z": model.log_z.item(),
-            **metrics,
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-            "plot_seconds": plot_seconds,
-        }
+                group["lr"] = cosine_lr(position.step, total_steps, config.lr)
+            pending += train_step(model, noise, batch, optimizer, noise_gen, config.noise_ratio)
+            pending_steps += 1
+            position.step, position.epoch_step = position.step + 1, i + 1
+            stopped = clock.out_of_time()
+            if pending_steps == config.log_interval or i + 1 == steps_per_epoch or stopped:
+                mean_loss, mean_accuracy = (pending / pending_steps).tolist()  # the only device sync
+                guard.check(mean_loss, f"in epoch {epoch}, steps {i + 2 - pending_steps}–{i + 1} of "
+                            f"{steps_per_epoch}", run.describe_checkpoint())
+                sums["loss"] += mean_loss * pending_steps
+                sums["accuracy"] += mean_accuracy * pending_steps
+                pending, pending_steps = torch.zeros(2, device=device), 0
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{mean_accuracy:.3f}")
+            if stopped:
+                break
+        bar.close()
+        clock.pause()
+        if stopped and position.epoch_step < steps_per_epoch:
+            checkpoint(epoch_start_rng)
+            say(f"time budget of {config.time_budget:g} s reached in epoch {epoch}, step {position.epoch_step}; "
+                f"--resume continues from there")
+            break
+        position.epoch, position.epoch_step = epoch, 0
+        metrics = _epoch_metrics(model, config, grid, epoch_test, epoch_test_log_p, device, figure, run, epoch)
+        metrics.update(epoch=epoch, step=position.step, loss=sums["loss"] / steps_per_epoch,
+                       accuracy=sums["accuracy"] / steps_per_epoch,
+                       log_z=model.log_z.item(), train_seconds=clock.seconds)
+        sums = {"loss": 0.0, "accuracy": 0.0}
         logger.log(**metrics)
-        save_checkpoint(
-            run_dir / CHECKPOINT,
-            {
-                "model": model.state_dict(),
-                "noise": noise.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "config": asdict(config),
-                "metrics": metrics,
-                "rng": get_rng_state(data_gen, noise_gen),
-            },
-        )
-        print(_summary(metrics, config.epochs))
+        checkpoint(epoch_start_rng)
+        say(_summary(metrics, config.epochs))
 
-    # The final score: all test points on a grid twice as fine.
-    started = time.perf_counter()
-    final_grid = Grid(grid.bound, 2 * config.resolution)
-    final = density_metrics(
-        grid_log_prob(model.log_prob, final_grid, device),
-        final_grid,
-        chunked(model.log_prob, test.to(device)),
-        test_log_p,
-    )
-    metrics = {**metrics, **final, "final": True, "final_eval_seconds": time.perf_counter() - started}
+    final = density_metrics(model.eval().log_prob, Grid(grid.bound, 2 * config.resolution), test, test_log_p, device)
+    metrics = {**metrics, **final, "epoch": position.epoch + (position.epoch_step > 0), "final": True,
+               "partial": position.epoch_step > 0, "train_seconds": clock.seconds}
     logger.log(**metrics)
     kl = f", KL {final['kl']:.4f} ± {final['kl_stderr']:.4f}" if "kl" in final else ""
-    print(
-        f"final ({len(test)} test points, {final_grid.resolution}² grid): normaliser error "
-        f"{final['normaliser_error']:.4f}, test NLL {final['test_nll']:.4f}{kl}"
-    )
+    say(f"final ({len(test)} test points, {2 * config.resolution}² grid): normaliser error "
+        f"{final['normaliser_error']:.4f}, mass outside the box {final['mass_outside']:.2g}, "
+        f"test NLL {final['test_nll']:.4f}{kl}")
+    return metrics
+
+
+def _epoch_metrics(model: EnergyMLP, config: EnergyConfig, grid: Grid, test: torch.Tensor,
+                   test_log_p: torch.Tensor | None, device: torch.device, figure: DensityFigure | None,
+                   run: RunFolder, epoch: int) -> dict[str, Any]:
+    """Grid-normalised metrics on the epoch's test points, and the epoch's frame; with their timings."""
+    clock = TrainingClock(None)
+    clock.run()
+    model.eval()
+    image = grid_log_prob(model.log_prob, grid, device)
+    metrics = density_metrics(model.log_prob, grid, test, test_log_p, device, box_values=image)
+    metrics["eval_seconds"] = clock.seconds
+    if figure is not None:
+        started = clock.seconds
+        log_z = metrics["log_normaliser"] if metrics["mass_converged"] else metrics["log_normaliser_box"]
+        text = f"epoch {epoch}" + (f", KL {metrics['kl']:.3f} nats" if "kl" in metrics else "")
+        figure.save(image - log_z, run.frame_path(epoch), text)
+        metrics["plot_seconds"] = clock.seconds - started
     return metrics
 
 
 def _summary(m: dict[str, Any], epochs: int) -> str:
     """One line per epoch: loss, accuracy, normaliser error, NLL, KL, timings."""
     kl = f" KL {m['kl']:.4f}" if "kl" in m else ""
-    return (
-        f"epoch {m['epoch']:>3}/{epochs}  loss {m['loss']:.4f}  acc {m['accuracy']:.3f}  "
-        f"|log Z| {m['normaliser_error']:.4f}  NLL {m['test_nll']:.4f}{kl}  "
-        f"train {m['train_seconds']:.1f}s eval {m['eval_seconds']:.1f}s plot {m['plot_seconds']:.2f}s"
-    )
+    return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['loss']:.4f}  acc {m['accuracy']:.3f}  "
+            f"|log Z| {m['normaliser_error']:.4f}  NLL {m['test_nll']:.4f}{kl}  "
+            f"train {m['train_seconds']:.1f}s eval {m['eval_seconds']:.2f}s")
 
 
-def load_model(path: str | os.PathLike) -> EnergyMLP:
-    """The trained model of a run folder or checkpoint file, on the CPU in eval mode.
+def load_model(path: str | os.PathLike, device: str = "cpu") -> EnergyMLP:
+    """The trained model of a run folder or checkpoint file, in eval mode on ``device`` ("auto" allowed).
 
-    ``model.log_prob(x)`` maps float (N, 2) to (N,), including the learned log_z.
+    ``model.log_prob(x)`` maps float32 (N, 2) to (N,), including the learned log_z.
     """
-    path = Path(path)
-    state = load_checkpoint(path / CHECKPOINT if path.is_dir() else path)
-    names = {f.name for f in fields(EnergyConfig)}
-    config = EnergyConfig(**{k: v for k, v in state["config"].items() if k in names})
+    state = load_checkpoint(checkpoint_path(path))
+    config = from_dict(EnergyConfig, state["config"])
     model = build_model(config, empty_noise(config.noise, config.noise_components))
     model.load_state_dict(state["model"])
-    return model.eval()
+    return model.to(get_device(device)).eval()
+
+
+__all__ = ["BASE_CHOICES", "EnergyConfig", "build_model", "cosine_lr", "load_model", "train_energy", "train_step"]

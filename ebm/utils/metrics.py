@@ -24,14 +24,6 @@ class MetricsLogger:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, key: str, last: int) -> None:
-        """Drop records whose ``key`` exceeds ``last`` (used on resume, so replayed epochs are not doubled)."""
-        if not self.path.exists():
-            return
-        kept = [r for r in read_metrics(self.path) if r.get(key, last) <= last]
-        with self.path.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl`` file, in order."""

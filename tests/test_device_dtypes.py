@@ -1,0 +1,73 @@
+"""Nothing float64 reaches the training device (Apple MPS has no float64).
+
+A training step of each setting runs on PyTorch's "meta" device, which has dtypes and shapes but no data, as a
+stand-in for an accelerator: a dispatch mode records the dtype of every tensor an operation places on it. CPU
+work (fitting the noise, exact densities, float64 sums after a copy to the CPU) is not on the device and may
+use float64.
+"""
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ebm.data.toy import sample
+from ebm.energy.noise import make_noise
+from ebm.energy.train import EnergyConfig, build_model
+from ebm.energy.train import train_step as energy_step
+from ebm.lm.optim import make_optimizer
+from ebm.lm.train import LMConfig
+from ebm.lm.train import build_model as build_lm
+from ebm.lm.train import train_step as lm_step
+
+DEVICE = torch.device("meta")
+ALLOWED = {torch.float32, torch.int64, torch.int32, torch.bool, torch.uint8}
+
+
+class DeviceDtypes(TorchDispatchMode):
+    """Collects (operation, dtype) for every tensor an operation creates on ``DEVICE``."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.device == DEVICE:
+                self.seen.add((str(func), tensor.dtype))
+        return out
+
+    def bad(self):
+        return sorted((op, str(dtype)) for op, dtype in self.seen if dtype not in ALLOWED)
+
+
+def test_recorder_catches_a_float64_tensor_on_the_device():
+    with DeviceDtypes() as recorder:
+        torch.zeros(3, device=DEVICE, dtype=torch.float64) + 1
+    assert recorder.bad()
+
+
+def test_energy_training_step_places_no_float64_on_the_device():
+    config = EnergyConfig(dataset="pinwheel", width=16, depth=2)
+    noise = make_noise("gmm", sample("pinwheel", 2000, torch.Generator().manual_seed(0)), 4, 1.5, 0)
+    with DeviceDtypes() as recorder:
+        model = build_model(config, noise).to(DEVICE)
+        noise = noise.to(DEVICE)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        batch = sample("pinwheel", 64, torch.Generator().manual_seed(1)).to(DEVICE)
+        energy_step(model, noise, batch, optimizer, torch.Generator().manual_seed(2), config.noise_ratio)
+    assert recorder.seen and recorder.bad() == []
+
+
+def test_lm_training_step_places_no_float64_on_the_device():
+    config = LMConfig(emb_size=8, hidden_size=8, noise_ratio=5, dropout=0.1, num_layers=2)
+    counts = torch.arange(1, 51)
+    with DeviceDtypes() as recorder:
+        model = build_lm(config, counts, sparse=False).to(DEVICE)  # as on MPS: dense row gradients
+        optimizer = make_optimizer(model, config.optimizer, config.lr, model.sparse_parameters())
+        tokens = torch.randint(50, (4, 7), generator=torch.Generator().manual_seed(0))
+        _, hidden = lm_step(model, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, None,
+                            torch.Generator().manual_seed(1), DEVICE)
+        lm_step(model, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, hidden,
+                torch.Generator().manual_seed(1), DEVICE)
+    assert recorder.seen and recorder.bad() == []
