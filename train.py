@@ -71,4 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # record: under torchrun, the summary of a failed run shows the failing rank's traceback
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())

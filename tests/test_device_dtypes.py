@@ -14,6 +14,7 @@ from ebm.data.toy import sample
 from ebm.energy.noise import make_noise
 from ebm.energy.train import EnergyConfig, build_model
 from ebm.energy.train import train_step as energy_step
+from ebm.lm.distributed import DistributedContext, DistributedLM
 from ebm.lm.optim import make_optimizer
 from ebm.lm.train import LMConfig
 from ebm.lm.train import build_model as build_lm
@@ -65,9 +66,10 @@ def test_lm_training_step_places_no_float64_on_the_device():
     with DeviceDtypes() as recorder:
         model = build_lm(config, counts, sparse=False).to(DEVICE)  # as on MPS: dense row gradients
         optimizer = make_optimizer(model, config.optimizer, config.lr, model.sparse_parameters())
+        parallel, context = DistributedLM(model, DistributedContext(device=DEVICE)), DistributedContext(device=DEVICE)
         tokens = torch.randint(50, (4, 7), generator=torch.Generator().manual_seed(0))
-        _, hidden = lm_step(model, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, None,
-                            torch.Generator().manual_seed(1), DEVICE)
-        lm_step(model, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, hidden,
-                torch.Generator().manual_seed(1), DEVICE)
+        _, hidden = lm_step(parallel, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, None,
+                            torch.Generator().manual_seed(1), context)
+        lm_step(parallel, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, hidden,
+                torch.Generator().manual_seed(1), context)
     assert recorder.seen and recorder.bad() == []

@@ -173,3 +173,25 @@ def test_cli_trains_on_a_folder_and_reports_replaced_bytes(tmp_path, capsys):
 
 def test_default_run_folder_names_the_corpus_and_loss():
     assert LMConfig(dataset="path/to/wikitext-2", loss="sampled").run_dir.as_posix() == "runs/wikitext-2-sampled"
+
+
+def test_amp_runs_the_network_in_bfloat16_and_keeps_the_losses_float32(tmp_path):
+    c = config(tmp_path, epochs=1)
+    lm_config = LMConfig(**{**TINY, "emb_size": 8, "hidden_size": 8})
+    from ebm.lm.train import build_model
+
+    model = build_model(lm_config, torch.arange(1, 31))
+    tokens = torch.randint(30, (4, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features, _ = model(tokens)
+        loss, _ = model.loss(tokens, tokens)
+    assert features.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    amp, full = train_lm(config(tmp_path / "amp", epochs=1, amp=True)), train_lm(c)
+    assert amp["test_ppl"] == pytest.approx(full["test_ppl"], rel=0.03)  # bfloat16 rounding, not another model
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_like_the_eager_one(tmp_path):
+    small = dict(epochs=1, emb_size=8, hidden_size=8, bptt=5, synthetic_tokens=3000)
+    eager, compiled = train_lm(config(tmp_path / "e", **small)), train_lm(config(tmp_path / "c", compile=True, **small))
+    assert compiled["test_ppl"] == pytest.approx(eager["test_ppl"], rel=1e-5)

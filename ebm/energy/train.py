@@ -132,6 +132,8 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
         ValueError: an unavailable device, or resuming with a configuration other than the checkpoint's.
         TrainingDiverged: a non-finite or exploding loss; names the epoch and steps, keeps the last good checkpoint.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("the 2D energy model trains in one process: run it with python train.py, not torchrun")
     device = get_device(config.device)
     set_threads(config.threads)
     run = config.run_folder()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,7 +51,8 @@ def run_cli(
     except (CheckpointError, FileNotFoundError, TrainingDiverged) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
-    print(summary(result), flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(summary(result), flush=True)
     return 0
 
 

@@ -401,6 +401,32 @@ def assert_identical(
                            f"{context.world_size}); the synchronisation of gradients or noise is broken")
 
 
+
+
+
+def gather_state(state: Tensor | tuple[Tensor, ...] | None, context: DistributedContext) -> Any:
+    """A recurrent state of this rank's rows, (layers, B/W, H) each, joined over ranks into (layers, B, H).
+
+    Collective (every rank must call it); identity in one process. Checkpoints hold the whole batch's state, so
+    a run stopped mid-epoch resumes on any number of processes (``shard_state`` cuts it again).
+    """
+    if state is None or context.world_size == 1:
+        return state
+    parts = state if isinstance(state, tuple) else (state,)
+    joined = tuple(torch.cat(_gather(context, "recurrent state", part), dim=1) for part in parts)
+    return joined if isinstance(state, tuple) else joined[0]
+
+
+def shard_state(state: Tensor | tuple[Tensor, ...] | None, context: DistributedContext) -> Any:
+    """This rank's rows (dimension 1) of a whole-batch recurrent state: (layers, B, H) → (layers, B/W, H)."""
+    if state is None or context.world_size == 1:
+        return state
+    parts = state if isinstance(state, tuple) else (state,)
+    cut = tuple(shard_rows(part.transpose(0, 1), context.rank, context.world_size).transpose(0, 1).contiguous()
+                for part in parts)
+    return cut if isinstance(state, tuple) else cut[0]
+
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DistributedContext",
@@ -408,8 +434,10 @@ __all__ = [
     "LossForward",
     "assert_identical",
     "check_global_batch",
+    "gather_state",
     "global_mean_weight",
     "row_parameters",
     "shard_rows",
+    "shard_state",
     "sync_sparse_gradients",
 ]

@@ -22,10 +22,12 @@ embedding and output rows use dense gradients (MPS supports sparse tensors only 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,6 +52,16 @@ from ebm.harness import (
     say,
     set_threads,
     unit_interval,
+)
+from ebm.lm.distributed import (
+    DistributedContext,
+    DistributedLM,
+    assert_identical,
+    check_global_batch,
+    gather_state,
+    global_mean_weight,
+    shard_rows,
+    shard_state,
 )
 from ebm.lm.evaluate import evaluate, evaluate_sentences
 from ebm.lm.losses import LOSS_NAMES
@@ -114,6 +126,12 @@ class LMConfig(RunConfig):
     weight_decay: float = option(0.0, "L2 penalty (on touched rows only for sparse gradients)", check=non_negative)
     clip: float = option(1.0, "global gradient-norm clip (0 = off)", check=non_negative)
     epochs: int = option(3, "epochs", check=positive, resumable=True)
+    amp: bool = option(False, "bfloat16 autocast for the network (CUDA, CPU); the NCE and log-normaliser arithmetic "
+                       "and the exact evaluation stay float32")
+    compile: bool = option(False, "torch.compile the recurrent network (experimental; minutes of compilation, "
+                           "see the README for when it pays)", resumable=True)
+    dist_timeout: float = option(600.0, "seconds a distributed collective waits for the other ranks (torchrun)",
+                                 check=positive, resumable=True)
     log_interval: int = option(50, "steps between divergence checks and progress-bar updates", check=positive,
                                resumable=True)
 
@@ -204,18 +222,28 @@ def _describe(prefix: str, result: dict[str, float], floor: float | None) -> str
 def train_lm(config: LMConfig) -> dict[str, Any]:
     """Train (or, with ``config.resume``, continue), evaluate exactly and test; returns the final metrics.
 
+    Under torchrun (``torchrun --nproc-per-node N train.py ...``) every rank trains on its rows of each global
+    batch (``ebm.lm.distributed``); only rank 0 writes and prints, and all ranks end with identical parameters.
+
     Returns a dict with ``epochs`` (completed), ``partial`` (stopped by the time budget mid-epoch),
     ``test_ppl`` (and ``test_ppl_selfnorm`` plus log Z statistics for sampled losses), ``valid_ppl`` of the
-    last epoch, ``floor_ppl`` = exp(H) for the synthetic language (else None), ``train_seconds``,
-    ``tokens_per_s`` and the run folder ``out``.
+    last epoch, ``floor_ppl`` = exp(H) for the synthetic language (else None), ``train_seconds``, ``steps``
+    and the run folder ``out``.
 
     Raises:
         FileNotFoundError: a named corpus that is not downloaded, or a missing split file.
         CheckpointError: resuming without a readable checkpoint (nothing is written).
-        ValueError: an unavailable device, a corpus too small, or resuming with other settings.
+        ValueError: an unavailable device, a corpus too small, a batch that does not split over the ranks, or
+            resuming with other settings.
         TrainingDiverged: a non-finite or exploding loss; names the epoch and steps, keeps the last good checkpoint.
     """
-    device = get_device(config.device)
+    with DistributedContext.from_env(config.device, timedelta(seconds=config.dist_timeout)) as context:
+        return _train(config, context)
+
+
+def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
+    device, main = context.device, context.is_main
+    check_global_batch(config.batch_size, context.world_size)
     set_threads(config.threads)
     run = RunFolder(config.run_dir, frames=None)
     state = run.load_for_resume(config) if config.resume else None
@@ -223,10 +251,15 @@ def train_lm(config: LMConfig) -> dict[str, Any]:
     corpus = load_lm_corpus(config)
     floor = math.exp(corpus.entropy_rate) if corpus.entropy_rate is not None else None
     model = build_model(config, corpus.vocab.counts, sparse=device.type != "mps").to(device)
+    if config.compile:
+        # Dynamo leaves nn.LSTM/GRU to eager unless its experimental RNN tracing is on (it unrolls the time
+        # steps: minutes of compilation, measured in the README). In place, so the state dict keeps its names.
+        torch._dynamo.config.allow_rnn = True
+        model.compile()
     optimizer = make_optimizer(model, config.optimizer, config.lr, model.sparse_parameters())
     score = _evaluator(config, corpus, device)
-    order_gen = torch.Generator().manual_seed(config.seed)  # sentence order
-    noise_gen = torch.Generator().manual_seed(config.seed + 1)  # noise words
+    order_gen = torch.Generator().manual_seed(config.seed)  # sentence order: the same on every rank
+    noise_gen = torch.Generator().manual_seed(config.seed + 1)  # noise words: the same on every rank
     position, guard, clock = Position(), DivergenceGuard(), TrainingClock(config.time_budget)
     lr, best, sums, hidden, valid = config.lr, math.inf, {"loss": 0.0, "tokens": 0, "seconds": 0.0}, None, {}
     if state is not None:
@@ -236,22 +269,28 @@ def train_lm(config: LMConfig) -> dict[str, Any]:
         position, guard = Position(**state["position"]), DivergenceGuard(**state["guard"])
         clock.spent, lr, best, valid = state["train_seconds"], state["lr"], state["best_valid_ppl"], state["valid"]
         if position.epoch_step:
-            sums, hidden = state["sums"], _to_device(state["hidden"], device)
+            sums, hidden = state["sums"], shard_state(_to_device(state["hidden"], device), context)
+    parallel = DistributedLM(model, context)  # rank 0's parameters on every rank
     set_lr(optimizer, lr)
-    logger = run.start(config, position.epoch if state is not None else None)
-    say(f"{corpus.name}: V = {len(corpus.vocab)}, {len(corpus.train):,} training tokens; {config.model} with "
-        f"{config.loss} loss on {device}" + (f"; best possible ppl exp(H) = {floor:.2f}" if floor else ""))
+    context.barrier()  # every rank has read the checkpoint before rank 0 writes
+    logger = run.start(config, position.epoch if state is not None else None) if main else None
+    report = say if main else (lambda _: None)
+    report(f"{corpus.name}: V = {len(corpus.vocab)}, {len(corpus.train):,} training tokens; {config.model} with "
+        f"{config.loss} loss on {device}" + (f" × {context.world_size} processes" if context.world_size > 1 else "")
+        + (f"; best possible ppl exp(H) = {floor:.2f}" if floor else ""))
     if any(corpus.replaced.values()):
-        say(f"warning: undecodable UTF-8 bytes replaced: {corpus.replaced}")
+        report(f"warning: undecodable UTF-8 bytes replaced: {corpus.replaced}")
 
     def checkpoint(epoch_start_rng: torch.Tensor) -> None:
-        run.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
-                  "vocab": {"words": list(corpus.vocab.words), "counts": corpus.vocab.counts},
-                  "position": position.state_dict(), "guard": guard.state_dict(), "train_seconds": clock.seconds,
-                  "lr": lr, "best_valid_ppl": best, "valid": valid, "sums": sums, "hidden": _to_cpu(hidden),
-                  "epoch_rng": epoch_start_rng, "rng": get_rng_state(order_gen, noise_gen)})
+        whole_state = gather_state(hidden, context)  # collective: the state of every rank's rows
+        if main:
+            run.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
+                      "vocab": {"words": list(corpus.vocab.words), "counts": corpus.vocab.counts},
+                      "position": position.state_dict(), "guard": guard.state_dict(), "train_seconds": clock.seconds,
+                      "lr": lr, "best_valid_ppl": best, "valid": valid, "sums": sums, "hidden": _to_cpu(whole_state),
+                      "epoch_rng": epoch_start_rng, "rng": get_rng_state(order_gen, noise_gen)})
 
-    stopped = clock.out_of_time()  # a resumed run whose budget is already spent only tests
+    stopped = context.any(clock.out_of_time())  # a resumed run whose budget is already spent only tests
     while position.epoch < config.epochs and not stopped:
         epoch = position.epoch + 1
         if position.epoch_step:  # resuming mid-epoch: the epoch's batches again, from where it stopped
@@ -263,15 +302,18 @@ def train_lm(config: LMConfig) -> dict[str, Any]:
         seconds_before = clock.seconds - sums["seconds"]
         pending, pending_steps = torch.zeros((), device=device), 0
         bar = progress_bar(itertools.islice(batches, position.epoch_step, None), total, f"epoch {epoch}",
-                           config.progress, initial=position.epoch_step)
+                           config.progress and main, initial=position.epoch_step)
         for i, (input, target, mask) in enumerate(bar, start=position.epoch_step):
-            loss, hidden = train_step(model, optimizer, config, input, target, mask, hidden, noise_gen, device)
+            torch.manual_seed(_dropout_seed(config.seed, context.rank, position.step))
+            loss, hidden = train_step(parallel, optimizer, config, input, target, mask, hidden, noise_gen, context)
             pending, pending_steps = pending + loss, pending_steps + 1
             position.step, position.epoch_step = position.step + 1, i + 1
-            sums["tokens"] += int(mask.sum()) if mask is not None else target.numel()
-            stopped = clock.out_of_time()
-            if pending_steps == config.log_interval or i + 1 == total or stopped:
-                mean = pending.item() / pending_steps  # the only device sync
+            sums["tokens"] += int(mask.sum()) if mask is not None else target.numel()  # the global batch's tokens
+            at_check = pending_steps == config.log_interval or i + 1 == total
+            # one process reads its clock every step; several ranks vote at the checks only (a collective)
+            stopped = clock.out_of_time() if context.world_size == 1 else at_check and context.any(clock.out_of_time())
+            if at_check or stopped:
+                mean = context.mean(pending).item() / pending_steps  # the only device sync
                 guard.check(mean, f"in epoch {epoch}, steps {i + 2 - pending_steps}–{i + 1} of {total}",
                             run.describe_checkpoint())
                 sums["loss"] += mean * pending_steps
@@ -284,52 +326,80 @@ def train_lm(config: LMConfig) -> dict[str, Any]:
         sums["seconds"] = clock.seconds - seconds_before
         if stopped and position.epoch_step < total:
             checkpoint(epoch_start_rng)
-            say(f"time budget of {config.time_budget:g} s reached in epoch {epoch}, step {position.epoch_step} of "
+            report(f"time budget of {config.time_budget:g} s reached in epoch {epoch}, step {position.epoch_step} of "
                 f"{total}; --resume continues from there")
             break
         position.epoch, position.epoch_step, hidden = epoch, 0, None
-        valid = score(model, corpus.valid)
+        valid = score(model, corpus.valid)  # every rank evaluates (the same model and data: the same result)
         if valid["ppl"] < best:
             best = valid["ppl"]
         else:
             lr *= config.lr_decay
             set_lr(optimizer, lr)
         tokens_per_s = sums["tokens"] / sums["seconds"]
-        logger.log(epoch=epoch, train_loss=sums["loss"] / total, lr=lr, tokens_per_s=tokens_per_s,
-                   train_seconds=clock.seconds, floor_ppl=floor,
-                   **{f"valid_{k}": v for k, v in valid.items() if k != "tokens"})
-        say(f"epoch {epoch}: train loss {sums['loss'] / total:.4f}  {tokens_per_s:,.0f} tok/s  "
+        if main:
+            logger.log(epoch=epoch, train_loss=sums["loss"] / total, lr=lr, tokens_per_s=tokens_per_s,
+                       train_seconds=clock.seconds, floor_ppl=floor,
+                       **{f"valid_{k}": v for k, v in valid.items() if k != "tokens"})
+        report(f"epoch {epoch}: train loss {sums['loss'] / total:.4f}  {tokens_per_s:,.0f} tok/s  "
             + _describe("valid", valid, floor))
         sums = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
         checkpoint(epoch_start_rng)
 
+    assert_identical(model, context, [order_gen, noise_gen])
     test = score(model, corpus.test)
-    say(_describe("test", test, floor))
+    report(_describe("test", test, floor))
     result = {"epoch": position.epoch + (position.epoch_step > 0), "final": True, "partial": position.epoch_step > 0,
               **{f"test_{k}": v for k, v in test.items() if k != "tokens"}, "valid_ppl": valid.get("ppl"),
-              "floor_ppl": floor, "train_seconds": clock.seconds, "steps": position.step}
-    logger.log(**result)
+              "floor_ppl": floor, "train_seconds": clock.seconds, "steps": position.step,
+              "world_size": context.world_size}
+    if main:
+        logger.log(**result)
     return {**result, "epochs": position.epoch, "out": str(run.path)}
 
 
-def train_step(model: torch.nn.Module, optimizer: Any, config: LMConfig, input: torch.Tensor, target: torch.Tensor,
-               mask: torch.Tensor | None, hidden: Any, generator: torch.Generator, device: torch.device):
-    """One optimiser step on a batch (B, T) (with its mask in sentence mode); returns (detached loss, new state).
+def _dropout_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of step ``step``'s dropout masks on ``rank``: a function of the run's position only, so a resumed
+    run draws the masks the uninterrupted one would, and ranks draw different masks for their rows."""
+    return (seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + step) % 2**63
 
-    The state is carried between bptt chunks in concat mode (detached: truncated back-propagation) and reset for
-    every batch of sentences. Weight decay and clipping act on touched rows only for sparse gradients.
+
+def train_step(parallel: DistributedLM, optimizer: Any, config: LMConfig, input: torch.Tensor, target: torch.Tensor,
+               mask: torch.Tensor | None, hidden: Any, generator: torch.Generator, context: DistributedContext):
+    """One optimiser step on a global batch (B, T) (with its mask in sentence mode); returns (loss, new state).
+
+    The rank keeps its rows of the batch (all of them in one process); the state is carried between bptt chunks
+    in concat mode (detached: truncated back-propagation) and reset for every batch of sentences. With
+    ``config.amp`` the network runs under bfloat16 autocast; the losses upcast their inputs to float32. Dense
+    gradients are averaged over ranks by DDP during ``backward``, sparse rows by ``sync_sparse_gradients``;
+    weight decay and clipping then act on touched rows only for sparse gradients.
     """
-    input, target = input.to(device), target.to(device)
-    mask = mask.to(device) if mask is not None else None
-    loss, hidden = model.loss(input, target, hidden if mask is None else None, mask, generator=generator)
+    device = context.device
+    if mask is not None and context.world_size > 1 and len(mask) % context.world_size:
+        input, target, mask = _pad_to_ranks(input, target, mask, context.world_size)
+    input, target = (shard_rows(x, context.rank, context.world_size).to(device) for x in (input, target))
+    mask = shard_rows(mask, context.rank, context.world_size).to(device) if mask is not None else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
+    with autocast:
+        loss, hidden = parallel.loss(input, target, hidden if mask is None else None, mask, generator=generator)
+    if mask is not None and context.world_size > 1:  # shards of padded sentences hold unequal token counts
+        loss = loss * global_mean_weight(int(mask.sum()), context)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    params = [p for p in model.parameters() if p.requires_grad]
+    parallel.sync_sparse_gradients()
+    params = [p for p in parallel.model.parameters() if p.requires_grad]
     add_weight_decay_(params, config.weight_decay)
     if config.clip > 0:
         clip_grad_norm_(params, config.clip)
     optimizer.step()
     return loss.detach(), detach_state(hidden)
+
+
+def _pad_to_ranks(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, world_size: int):
+    """Sentence batches padded with fully masked rows to a multiple of the world size."""
+    extra = -len(mask) % world_size
+    pad = lambda x: torch.cat([x, x.new_zeros((extra, *x.shape[1:]))])  # noqa: E731 - masked rows: never scored
+    return pad(input), pad(target), pad(mask)
 
 
 def _to_cpu(state: Any) -> Any:
