@@ -2,12 +2,14 @@
 
 import importlib.util
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
+import ebm.energy.estimators.contrastive as contrastive
 import ebm.energy.train as train_module
 import ebm.harness.loop as loop_module
 from ebm.energy import EnergyConfig, load_model, train_energy
@@ -134,14 +136,14 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
 
 
 def _poison_step(monkeypatch, bad_step, value):
-    real_loss, steps = train_module.nce_loss, []
+    real_loss, steps = contrastive.nce_loss, []
 
     def poisoned(*args):
         steps.append(1)
         loss, accuracy = real_loss(*args)
         return (loss * value if len(steps) == bad_step else loss), accuracy
 
-    monkeypatch.setattr(train_module, "nce_loss", poisoned)
+    monkeypatch.setattr(contrastive, "nce_loss", poisoned)
 
 
 @pytest.mark.parametrize("value", [float("nan"), 1e30])
@@ -201,3 +203,53 @@ def test_cli_rejects_bad_input_before_any_work(args, message, tmp_path, capsys, 
 def test_config_round_trips_through_json():
     config = EnergyConfig(dataset="pinwheel", lr=1e-3)
     assert EnergyConfig(**json.loads(json.dumps(asdict(config)))) == config
+
+
+FAST_ESTIMATORS = dict(fce_pretrain_steps=20, cd_buffer=256, cd_steps=3, mle_resolution=16)
+
+
+@pytest.mark.parametrize("estimator", ["nce", "rnce", "ence", "cnce", "fce", "dsm", "ssm", "cd", "mle"])
+def test_every_estimator_trains_and_resumes_exactly(tmp_path, monkeypatch, estimator):
+    """A crash after epoch 1 and a resume give the uninterrupted run: the estimator's state (CD's chains, FCE's
+    flow and its optimiser, the noise) travels in the checkpoint."""
+    changes = dict(estimator=estimator, epochs=2, **FAST_ESTIMATORS)
+    full = train_energy(_config(tmp_path, "full", **changes))
+    assert full["learns_log_z"] == (estimator in ("nce", "ence", "fce")) and math.isfinite(full["kl"])
+    real_save, calls = train_module.RunFolder.save, []
+
+    def crash_on_second_save(self, state):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_save(self, state)
+
+    monkeypatch.setattr(train_module.RunFolder, "save", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_energy(_config(tmp_path, "cut", **changes))
+    monkeypatch.setattr(train_module.RunFolder, "save", real_save)
+    resumed = train_energy(_config(tmp_path, "cut", resume=True, **changes))
+    assert _same_parameters(tmp_path / "runs" / "full", tmp_path / "runs" / "cut")
+    assert resumed["kl"] == full["kl"]
+
+
+def test_a_noise_far_from_the_data_is_warned_about(tmp_path, capsys):
+    train_energy(_config(tmp_path, epochs=1, noise="fitted", noise_widen=1e-4))  # a pin-point Gaussian
+    out = capsys.readouterr().out
+    assert "warning: " in out and "KL(data ‖ noise)" in out
+    train_energy(_config(tmp_path, epochs=1, noise="gmm"))
+    assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--estimator", "sm"], "invalid choice: 'sm'"),
+    (["--estimator", "rnce", "--noise-ratio", "2.5"], "whole number of noise points"),
+    (["--cd-steps", "0"], "cd_steps must be positive"),
+    (["--fce-threshold", "1"], "fce_threshold must lie in (0, 1)"),
+    (["--cd-reinit", "1.5"], "cd_reinit must lie in [0, 1]"),
+    (["--fce-rule", "sometimes"], "invalid choice: 'sometimes'"),
+])
+def test_estimator_options_are_checked_before_any_work(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--dataset", "rings", *args, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

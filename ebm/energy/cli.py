@@ -13,7 +13,7 @@ from typing import Any
 from ebm.energy.train import EnergyConfig, train_energy
 from ebm.harness import run_cli
 
-DESCRIPTION = "Train a 2D energy model by noise-contrastive estimation."
+DESCRIPTION = "Train a 2D energy model by noise-contrastive estimation (or another estimator: --estimator)."
 
 
 def _done(metrics: dict[str, Any]) -> str:

@@ -7,6 +7,8 @@ Each has ``sample(shape, generator=None)`` → (*shape, 2) and ``log_prob(x)``: 
     fitted    a Gaussian with the data's mean and covariance, the covariance widened by a factor
     gmm       a Gaussian mixture fitted with scikit-learn, each covariance widened by a factor, plus a
               broad "defensive" component (the data's Gaussian, twice as wide, 5% of the mass)
+    flow      a neural spline flow (zuko) fitted to the data by maximum likelihood, then frozen
+              (``ebm.energy.flow``)
 
 The defensive component keeps q away from zero between and around the modes. Without it, NCE sees almost no
 noise points where the fitted mixture has no mass, so nothing pushes the model's density down there: a
@@ -19,6 +21,8 @@ import torch
 from sklearn.mixture import GaussianMixture as _SkGaussianMixture
 from torch import Tensor, nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+from ebm.energy.flow import FlowNoise, fit_flow_noise
 
 
 def _check_points(x: Tensor) -> None:
@@ -114,13 +118,14 @@ def fitted_mixture(data: Tensor, components: int = 8, widen: float = 1.5, seed: 
     )
 
 
-NOISE_CHOICES = ("gaussian", "fitted", "gmm")
+NOISE_CHOICES = ("gaussian", "fitted", "gmm", "flow")
 
 
-def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5, seed: int = 0) -> GaussianMixtureNoise:
+def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5, seed: int = 0) -> nn.Module:
     """Build the noise ``name`` (one of NOISE_CHOICES), fitting it to ``data`` (N, 2) where it needs data.
 
-    ``widen`` multiplies the fitted covariances (fitted, gmm); ``components`` is K for gmm.
+    ``widen`` multiplies the fitted covariances (fitted, gmm); ``components`` is K for gmm; ``seed`` seeds the
+    mixture's EM starts and the flow's fit.
     """
     if name == "gaussian":
         return fixed_gaussian()
@@ -128,11 +133,15 @@ def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5,
         return fitted_gaussian(data, widen)
     if name == "gmm":
         return fitted_mixture(data, components, widen, seed)
+    if name == "flow":
+        return fit_flow_noise(data, seed=seed)
     raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_CHOICES)}")
 
 
-def empty_noise(name: str, components: int = 8) -> GaussianMixtureNoise:
+def empty_noise(name: str, components: int = 8) -> nn.Module:
     """A noise module of the right shapes for ``name``, to restore from a state dict without refitting."""
     if name not in NOISE_CHOICES:
         raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    if name == "flow":
+        return FlowNoise.empty()
     return GaussianMixtureNoise.empty(components + 1 if name == "gmm" else 1)

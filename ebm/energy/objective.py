@@ -1,24 +1,33 @@
 """The NCE objective for a 2D energy model: log-densities of model and noise into the shared core.
 
-Pure: no parameters, no sampling. The caller draws the B data points and the ν·B noise points.
+Pure: no parameters, no sampling. The caller draws the B data points and the M = ν·B noise points (the
+``nce`` estimator of ``ebm.energy.estimators`` does, and calls this).
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from ebm.energy.model import EnergyMLP
-from ebm.energy.noise import GaussianMixtureNoise
 from ebm.nce import classifier_accuracy, nce_logit, nce_objective
 
 
-def nce_loss(
-    model: EnergyMLP, noise: GaussianMixtureNoise, data: Tensor, noise_samples: Tensor, noise_ratio: float
-) -> tuple[Tensor, Tensor]:
-    """−J and the classifier's accuracy for data (B, 2) against noise samples (M, 2).
+def log_prob_joint(module: nn.Module, data: Tensor, noise_points: Tensor) -> tuple[Tensor, Tensor]:
+    """``module.log_prob`` at data (B, 2) and noise points (*S, 2) in one pass: (B,) and (*S,)."""
+    values = module.log_prob(torch.cat([data, noise_points.reshape(-1, 2)]))  # (B + |S|,)
+    return values[: len(data)], values[len(data) :].reshape(noise_points.shape[:-1])
 
-    J = E_data[log σ(G)] + ν·E_noise[log σ(−G)],  G(x) = log p_model(x) − log q(x) − log ν.
+
+def nce_loss(
+    model: nn.Module, noise: nn.Module, data: Tensor, noise_samples: Tensor, noise_ratio: float
+) -> tuple[Tensor, Tensor]:
+    """−J and the classifier's balanced accuracy for data (B, 2) against noise samples (M, 2).
+
+    J = E_data[log σ(G)] + ν·E_noise[log σ(−G)],  G(x) = log p_model(x) − log q(x) − log ν
+    (Gutmann & Hyvärinen 2010). ``model`` and ``noise`` are anything with ``log_prob``: (N, 2) → (N,).
     """
-    logit_data = nce_logit(model.log_prob(data), noise.log_prob(data), noise_ratio)  # (B,)
-    logit_noise = nce_logit(model.log_prob(noise_samples), noise.log_prob(noise_samples), noise_ratio)  # (M,)
+    model_data, model_noise = log_prob_joint(model, data, noise_samples)
+    noise_data, noise_noise = log_prob_joint(noise, data, noise_samples)
+    logit_data = nce_logit(model_data, noise_data, noise_ratio)  # (B,)
+    logit_noise = nce_logit(model_noise, noise_noise, noise_ratio)  # (M,)
     return -nce_objective(logit_data, logit_noise, noise_ratio), classifier_accuracy(logit_data, logit_noise)

@@ -1,10 +1,12 @@
-"""Training a 2D energy model by NCE: the config, the loop, and loading a trained model.
+"""Training a 2D energy model: the config, the loop, and loading a trained model.
 
-Each epoch draws ``samples`` fresh data points, and for every batch of B of them ν·B noise points, and takes
-one Adam step on −J (``ebm.energy.objective``) with a cosine-decaying learning rate. At the end of each epoch
-the model is normalised on a grid and scored (``ebm.energy.evaluate``), a frame is drawn, a line is appended
-to ``metrics.jsonl`` and the checkpoint is replaced atomically. The run folder, resume rule, divergence rule,
-time budget and progress bars are the shared harness's (``ebm.harness``).
+Each epoch draws ``samples`` fresh data points and takes one Adam step per batch on the loss of the chosen
+estimator (``ebm.energy.estimators``: NCE by default, with ν·B noise points per batch of B; or ranking NCE,
+eNCE, conditional NCE, flow contrastive estimation, score matching, contrastive divergence, grid maximum
+likelihood), with a cosine-decaying learning rate. At the end of each epoch the model is normalised on a grid
+and scored (``ebm.energy.evaluate``), a frame is drawn, a line is appended to ``metrics.jsonl`` and the
+checkpoint is replaced atomically. The run folder, resume rule, divergence rule, time budget and progress
+bars are the shared harness's (``ebm.harness``).
 
 All randomness comes from CPU generators (data, noise) and torch's global RNG (initialisation), so a seed
 gives the same run on any device, and a run can be resumed on another device.
@@ -20,10 +22,18 @@ from typing import Any
 import torch
 
 from ebm.data.toy import EXACT_DATASETS, TOY_DATASETS, log_prob, sample
+from ebm.energy.chasm import chasm_warning
+from ebm.energy.estimators import (
+    ESTIMATOR_OPTION_FIELDS,
+    ESTIMATORS,
+    Estimator,
+    EstimatorOptions,
+    empty_estimator,
+    make_estimator,
+)
 from ebm.energy.evaluate import Grid, density_metrics, grid_log_prob
 from ebm.energy.model import ACTIVATIONS, EnergyMLP
-from ebm.energy.noise import NOISE_CHOICES, GaussianMixtureNoise, empty_noise, make_noise
-from ebm.energy.objective import nce_loss
+from ebm.energy.noise import NOISE_CHOICES, empty_noise, make_noise
 from ebm.energy.plot import DensityFigure
 from ebm.harness import (
     DivergenceGuard,
@@ -43,6 +53,7 @@ from ebm.utils import get_device, get_rng_state, load_checkpoint, seed_everythin
 
 EPOCH_EVAL_POINTS = 10_000  # test points scored each epoch; the paired KL estimate's error is then ≈ 0.003
 BASE_CHOICES = ("noise", "none")
+NOISE_CONTRASTIVE = ("nce", "rnce", "ence")  # the estimators that classify data against --noise
 
 
 def _even_resolution(name: str, value: int) -> None:
@@ -51,18 +62,27 @@ def _even_resolution(name: str, value: int) -> None:
 
 
 @dataclass
-class EnergyConfig(RunConfig):
-    """Everything that defines a 2D run (saved as ``config.json`` and in the checkpoint)."""
+class EnergyConfig(RunConfig, EstimatorOptions):
+    """Everything that defines a 2D run (saved as ``config.json`` and in the checkpoint).
+
+    The estimators' own options (``cd_steps``, ``fce_rule``, …) and ``noise_ratio`` come from
+    ``EstimatorOptions``.
+    """
+
+    option_groups = {"estimator options": ESTIMATOR_OPTION_FIELDS}
 
     dataset: str = option("8gaussians", "toy 2D distribution", choices=TOY_DATASETS)
+    estimator: str = option("nce", "nce, rnce (ranking NCE), ence (eNCE), cnce (conditional NCE), fce (flow "
+                            "contrastive), dsm / ssm (denoising / sliced score matching), cd (contrastive divergence), "
+                            "mle (grid maximum likelihood)", choices=ESTIMATORS)
     epochs: int = option(20, "epochs; each ends with an evaluation, a frame and a checkpoint", check=positive)
     samples: int = option(64_000, "fresh data points per epoch (steps per epoch = samples / batch size)",
                           check=positive)
     batch_size: int = option(256, "data points per step", check=positive)
     lr: float = option(5e-3, "Adam's peak learning rate, decayed to 0 by a cosine over all steps", check=positive)
     noise: str = option("gmm", "gaussian: the seed's N(0, 4I); fitted: the data's Gaussian; gmm: a fitted mixture "
-                        "plus a broad defensive component", choices=NOISE_CHOICES)
-    noise_ratio: float = option(4.0, "ν, noise points per data point", check=positive)
+                        "plus a broad defensive component; flow: a spline flow fitted by maximum likelihood",
+                        choices=NOISE_CHOICES)
     noise_components: int = option(8, "components of the gmm noise", check=positive)
     noise_widen: float = option(1.5, "factor on the fitted noise covariances", check=positive)
     width: int = option(128, "hidden units per layer of the energy MLP", check=positive)
@@ -81,9 +101,12 @@ class EnergyConfig(RunConfig):
         if round(self.noise_ratio * self.batch_size) < 1:
             raise ValueError(f"noise_ratio × batch_size must give at least one noise point per step, got "
                              f"{self.noise_ratio} × {self.batch_size}")
+        if self.estimator in ("rnce", "cnce") and self.noise_ratio != round(self.noise_ratio):
+            raise ValueError(f"{self.estimator} draws a whole number of noise points per data point; "
+                             f"noise_ratio {self.noise_ratio} is not one")
 
     def run_name(self) -> str:
-        return self.dataset
+        return self.dataset if self.estimator == "nce" else f"{self.dataset}-{self.estimator}"
 
     def run_folder(self) -> RunFolder:
         frames = None if self.frames == "none" else (self.frames or "frames")
@@ -95,23 +118,24 @@ def cosine_lr(step: int, total_steps: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * step / total_steps))
 
 
-def build_model(config: EnergyConfig, noise: GaussianMixtureNoise) -> EnergyMLP:
+def build_model(config: EnergyConfig, noise: torch.nn.Module) -> EnergyMLP:
     """The energy network of ``config``, relative to ``noise`` when ``config.base == "noise"``."""
     return EnergyMLP(config.width, config.depth, config.activation, noise if config.base == "noise" else None)
 
 
-def train_step(model: EnergyMLP, noise: GaussianMixtureNoise, batch: torch.Tensor, optimizer: torch.optim.Optimizer,
-               generator: torch.Generator, noise_ratio: float) -> torch.Tensor:
-    """One Adam step on −J for a batch (B, 2) against round(ν·B) fresh noise points; returns (loss, accuracy).
-
-    The result is a detached (2,) tensor on the device, so the loop synchronises only when it reads it.
+def train_step(model: EnergyMLP, estimator: Estimator, batch: torch.Tensor, optimizer: torch.optim.Optimizer,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One step of ``estimator`` on a batch (B, 2): an Adam step on its loss, unless the estimator updated only
+    its own parameters this time (an FCE flow step). Returns detached statistics on the device: ``loss`` (when
+    the energy stepped) and the estimator's own (e.g. the classifier's ``accuracy``).
     """
-    noise_points = noise.sample((round(noise_ratio * len(batch)),), generator)  # (ν·B, 2)
-    loss, accuracy = nce_loss(model, noise, batch, noise_points, noise_ratio)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return torch.stack([loss.detach(), accuracy])
+    loss, stats = estimator.loss(model, batch, generator)
+    if loss is not None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats = {"loss": loss.detach(), **stats}
+    return stats
 
 
 def _test_set(config: EnergyConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,16 +167,21 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
     data_gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
     if state is None:
-        noise = make_noise(config.noise, sample(config.dataset, 10_000, data_gen), config.noise_components,
-                           config.noise_widen, config.seed)
+        fit_points = sample(config.dataset, 10_000, data_gen)  # what the noise (and fce's flow, mle's box) fit
+        noise = make_noise(config.noise, fit_points, config.noise_components, config.noise_widen, config.seed)
+        estimator = make_estimator(config.estimator, config, noise, fit_points, config.seed)
+        warning = chasm_warning(config.dataset, config.noise, fit_points, noise) \
+            if config.estimator in NOISE_CONTRASTIVE else None
     else:
         noise = empty_noise(config.noise, config.noise_components)
         noise.load_state_dict(state["noise"])
+        estimator, warning = empty_estimator(config.estimator, config, noise), None
     model = build_model(config, noise).to(device)
-    noise = noise.to(device)
+    noise, estimator = noise.to(device), estimator.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     position, guard, clock = Position(), DivergenceGuard(), TrainingClock(config.time_budget)
     if state is not None:
+        estimator.load_state_dict(state["estimator"])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], data_gen, noise_gen)
@@ -165,16 +194,19 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
     grid = Grid.covering(test, config.resolution)
     figure = None
     if run.frames is not None:
-        title = f"{config.dataset}, NCE ν={config.noise_ratio:g}"
-        figure = DensityFigure(grid, test[:20_000], grid_log_prob(noise.log_prob, grid, device), title)
+        q = getattr(estimator, "noise", noise)  # the noise the estimator draws from (fce: its flow, at the start)
+        figure = DensityFigure(grid, test[:20_000], grid_log_prob(q.log_prob, grid, device), _title(config))
     logger = run.start(config, position.epoch if state is not None else None)
+    if warning:
+        say(f"warning: {warning}")
     steps_per_epoch = math.ceil(config.samples / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
-    sums = state["sums"] if state is not None and position.epoch_step else {"loss": 0.0, "accuracy": 0.0}
+    sums = state["sums"] if state is not None and position.epoch_step else {}  # statistic → [sum, steps]
 
     def checkpoint(epoch_start_rng: torch.Tensor) -> None:
-        run.save({"model": model.state_dict(), "noise": noise.state_dict(), "optimizer": optimizer.state_dict(),
+        run.save({"model": model.state_dict(), "noise": noise.state_dict(), "estimator": estimator.state_dict(),
+                  "optimizer": optimizer.state_dict(),
                   "config": asdict(config), "position": position.state_dict(), "guard": guard.state_dict(),
                   "train_seconds": clock.seconds, "metrics": metrics, "sums": sums,
                   "epoch_rng": epoch_start_rng, "rng": get_rng_state(data_gen, noise_gen)})
@@ -188,25 +220,30 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
         batches = sample(config.dataset, config.samples, data_gen).to(device).split(config.batch_size)
         model.train()
         clock.run()
-        pending, pending_steps = torch.zeros(2, device=device), 0  # summed (loss, accuracy) since the last check
+        pending: dict[str, list] = {}  # statistic → [summed tensor, steps] since the last check
         bar = progress_bar(range(position.epoch_step, steps_per_epoch), steps_per_epoch, f"epoch {epoch}",
                            config.progress, initial=position.epoch_step)
         for i in bar:
-            batch = batches[i]
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(position.step, total_steps, config.lr)
-            pending += train_step(model, noise, batch, optimizer, noise_gen, config.noise_ratio)
-            pending_steps += 1
+            for name, value in train_step(model, estimator, batches[i], optimizer, noise_gen).items():
+                pending.setdefault(name, [0.0, 0])
+                pending[name] = [pending[name][0] + value, pending[name][1] + 1]
             position.step, position.epoch_step = position.step + 1, i + 1
             stopped = clock.out_of_time()
-            if pending_steps == config.log_interval or i + 1 == steps_per_epoch or stopped:
-                mean_loss, mean_accuracy = (pending / pending_steps).tolist()  # the only device sync
-                guard.check(mean_loss, f"in epoch {epoch}, steps {i + 2 - pending_steps}–{i + 1} of "
-                            f"{steps_per_epoch}", run.describe_checkpoint())
-                sums["loss"] += mean_loss * pending_steps
-                sums["accuracy"] += mean_accuracy * pending_steps
-                pending, pending_steps = torch.zeros(2, device=device), 0
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{mean_accuracy:.3f}")
+            steps_since_check = max(count for _, count in pending.values())
+            if steps_since_check == config.log_interval or i + 1 == steps_per_epoch or stopped:
+                names = list(pending)
+                means = (torch.stack([torch.as_tensor(pending[n][0], device=device).float() for n in names])
+                         / torch.tensor([pending[n][1] for n in names], device=device)).tolist()  # one device sync
+                if "loss" in pending:
+                    guard.check(means[names.index("loss")], f"in epoch {epoch}, steps {i + 2 - steps_since_check}–"
+                                f"{i + 1} of {steps_per_epoch}", run.describe_checkpoint())
+                for name, mean in zip(names, means, strict=True):
+                    total, count = sums.get(name, [0.0, 0])
+                    sums[name] = [total + mean * pending[name][1], count + pending[name][1]]
+                bar.set_postfix({n: f"{m:.4f}" for n, m in zip(names, means, strict=True) if n in ("loss", "accuracy")})
+                pending = {}
             if stopped:
                 break
         bar.close()
@@ -218,10 +255,9 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
             break
         position.epoch, position.epoch_step = epoch, 0
         metrics = _epoch_metrics(model, config, grid, epoch_test, epoch_test_log_p, device, figure, run, epoch)
-        metrics.update(epoch=epoch, step=position.step, loss=sums["loss"] / steps_per_epoch,
-                       accuracy=sums["accuracy"] / steps_per_epoch,
-                       log_z=model.log_z.item(), train_seconds=clock.seconds)
-        sums = {"loss": 0.0, "accuracy": 0.0}
+        metrics.update(epoch=epoch, step=position.step, **{n: total / count for n, (total, count) in sums.items()},
+                       log_z=model.log_z.item(), learns_log_z=estimator.learns_log_z, train_seconds=clock.seconds)
+        sums = {}
         logger.log(**metrics)
         checkpoint(epoch_start_rng)
         say(_summary(metrics, config.epochs))
@@ -256,11 +292,18 @@ def _epoch_metrics(model: EnergyMLP, config: EnergyConfig, grid: Grid, test: tor
     return metrics
 
 
+def _title(config: EnergyConfig) -> str:
+    ratio = f" ν={config.noise_ratio:g}" if config.estimator in (*NOISE_CONTRASTIVE, "fce", "cnce") else ""
+    return f"{config.dataset}, {config.estimator}{ratio}, noise {config.noise}"
+
+
 def _summary(m: dict[str, Any], epochs: int) -> str:
-    """One line per epoch: loss, accuracy, normaliser error, NLL, KL, timings."""
+    """One line per epoch: loss, accuracy, normaliser error (if log Z is learned), NLL, KL, timings."""
+    loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
+    accuracy = f"  acc {m['accuracy']:.3f}" if "accuracy" in m else ""
     kl = f" KL {m['kl']:.4f}" if "kl" in m else ""
-    return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['loss']:.4f}  acc {m['accuracy']:.3f}  "
-            f"|log Z| {m['normaliser_error']:.4f}  NLL {m['test_nll']:.4f}{kl}  "
+    log_z = f"|log Z| {m['normaliser_error']:.4f}" if m["learns_log_z"] else "log Z free"
+    return (f"epoch {m['epoch']:>3}/{epochs}{loss}{accuracy}  {log_z}  NLL {m['test_nll']:.4f}{kl}  "
             f"train {m['train_seconds']:.1f}s eval {m['eval_seconds']:.2f}s")
 
 

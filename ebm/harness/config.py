@@ -195,16 +195,21 @@ def flag_of(name: str) -> str:
 def build_parser(cls: type, prog: str, description: str, run_fields: Sequence[str] = ()) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of the config dataclass ``cls``, defaults in the help.
 
-    Fields named in ``run_fields`` (how the run goes) are listed in their own group after the others.
+    Fields named in ``run_fields`` (how the run goes) are listed in a group of their own at the end, as are the
+    groups a config names in its class attribute ``option_groups`` (title → field names). The other fields come
+    first, those declared in ``cls`` itself before inherited ones.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    groups = {False: parser.add_argument_group("what to train"), True: parser.add_argument_group("running")}
+    named = {**getattr(cls, "option_groups", {}), "running": tuple(run_fields)}
+    group_of = {name: title for title, names in named.items() for name in names}
+    groups = {title: parser.add_argument_group(title) for title in ("what to train", *named)}
     hints = _field_types(cls)
-    for field in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    for field in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         meta = field.metadata
         if "help" not in meta:
             raise TypeError(f"{cls.__name__}.{field.name} is not declared with ebm.harness.config.option")
-        group = groups[field.name in run_fields]
+        group = groups[group_of.get(field.name, "what to train")]
         help_text = f"{meta['help']} (default: {field.default})"
         if hints[field.name] is bool:
             group.add_argument(flag_of(field.name), action=argparse.BooleanOptionalAction, default=field.default,

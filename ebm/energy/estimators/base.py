@@ -1,0 +1,98 @@
+"""The one interface every estimator follows, and the checks their options share.
+
+An estimator is an ``nn.Module`` (so ``.to(device)`` moves what it owns, and ``state_dict`` /
+``load_state_dict`` carry it into checkpoints) with
+
+    loss(model, data, generator) -> (loss or None, stats)
+
+``model`` is anything with ``log_prob(x)``: (B, 2) → (B,) (an ``EnergyMLP``); ``data`` (B, 2) lives on the
+training device; every random number is drawn on the CPU from ``generator`` (a CPU ``torch.Generator``, or
+torch's global one when None) and then moved to the device. ``loss`` is a scalar for the caller to
+backpropagate into the energy's parameters, or None when the call already updated only the estimator's own
+parameters (a flow step of FCE) and the energy must not be stepped. ``stats`` maps names to detached scalar
+tensors (no device sync; call ``.item()`` when logging).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+class LogDensityModel(Protocol):
+    """What an estimator needs of the model: a differentiable log-density, (B, 2) → (B,)."""
+
+    def log_prob(self, x: Tensor) -> Tensor: ...
+
+
+class Estimator(nn.Module, ABC):
+    """Base class: an objective for an energy model, chosen by ``name``.
+
+    ``learns_log_z``: True when the objective fixes the model's ``log_z`` (NCE, eNCE, FCE); False when log Z
+    cancels from it (its ``log_z`` gets no or zero gradient) and the density must be normalised on a grid
+    for evaluation.
+    """
+
+    name: ClassVar[str]
+    learns_log_z: ClassVar[bool]
+
+    @abstractmethod
+    def loss(
+        self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """The loss for one step on ``data`` (B, 2), and detached statistics."""
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_positive_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_whole_ratio(name: str, value: object) -> int:
+    """A noise ratio that must be a whole number of noise points per data point (4.0 is accepted as 4)."""
+    check_positive_float(name, value)
+    if float(value) != round(float(value)):
+        raise ValueError(f"{name} must be a whole number of noise points per data point, got {value!r}")
+    return round(float(value))
+
+
+def check_probability(name: str, value: object, *, open_low: bool = False, open_high: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if value < 0 or value > 1 or (open_low and value == 0) or (open_high and value == 1):
+        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_noise(name: str, noise: nn.Module | None) -> nn.Module:
+    """The noise module an estimator samples from: ``sample(shape, generator)`` and ``log_prob(x)``."""
+    if noise is None or not (hasattr(noise, "sample") and hasattr(noise, "log_prob")):
+        raise ValueError(f"estimator {name!r} needs a noise module with sample(shape, generator) and log_prob(x)")
+    return noise
+
+
+def check_batch(data: Tensor) -> None:
+    if data.dim() != 2 or data.shape[1] != 2 or len(data) == 0:
+        raise ValueError(f"data must have shape (B, 2) with B ≥ 1, got {tuple(data.shape)}")
+
+
+def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """N(0, 1) numbers of ``shape`` drawn on the CPU from ``generator``, then moved to ``device``."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """U[0, 1) numbers of ``shape`` drawn on the CPU from ``generator``, then moved to ``device``."""
+    return torch.rand(shape, generator=generator).to(device)

@@ -1,0 +1,147 @@
+"""Noise-contrastive estimators against a fixed noise q: binary NCE, ranking NCE, eNCE, and conditional NCE.
+
+Each draws its noise points, evaluates the model (one forward pass over data and noise together) and hands
+the log-densities to a pure objective of ``ebm.nce``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ebm.energy.estimators.base import (
+    Estimator,
+    LogDensityModel,
+    check_batch,
+    check_noise,
+    check_positive_float,
+    check_whole_ratio,
+    standard_normal,
+)
+from ebm.energy.objective import log_prob_joint, nce_loss
+from ebm.nce import classifier_accuracy, conditional_nce_loss, exponential_nce_loss, ranking_nce_loss
+
+
+def _log_ratios(model: LogDensityModel, noise: nn.Module, data: Tensor, noise_points: Tensor) -> tuple[Tensor, Tensor]:
+    """r = log p_model − log q at the data (B,) and at the noise points (*S,)."""
+    model_data, model_noise = log_prob_joint(model, data, noise_points)
+    noise_data, noise_noise = log_prob_joint(noise, data, noise_points)
+    return model_data - noise_data, model_noise - noise_noise
+
+
+class NCE(Estimator):
+    """Binary NCE (Gutmann & Hyvärinen 2010): ν·B noise points per batch of B, loss −J of ``ebm.nce``.
+
+    J = E_data[log σ(G)] + ν·E_noise[log σ(−G)],   G = log p_model − log q − log ν.
+    """
+
+    name = "nce"
+    learns_log_z = True
+
+    def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
+        super().__init__()
+        self.noise = check_noise(self.name, noise)
+        self.noise_ratio = check_positive_float("noise_ratio", noise_ratio)
+
+    def loss(
+        self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        check_batch(data)
+        noise_points = self.noise.sample((max(1, round(self.noise_ratio * len(data))),), generator)  # (M, 2)
+        loss, accuracy = nce_loss(model, self.noise, data, noise_points, self.noise_ratio)
+        return loss, {"accuracy": accuracy.detach()}
+
+
+class RankingNCE(Estimator):
+    """Ranking NCE (Ma & Collins 2018): each data point against its own ν noise points, a softmax over the ν + 1
+    logits o = log p_model − log q, loss −log softmax(o)_data (``ebm.nce.ranking_nce_loss``), averaged.
+
+    The softmax is unchanged by a constant added to log p_model, so ``log_z`` is left free. Statistic:
+    ``accuracy``, the fraction of data points ranked above all their noise points.
+    """
+
+    name = "rnce"
+    learns_log_z = False
+
+    def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
+        super().__init__()
+        self.noise = check_noise(self.name, noise)
+        self.noise_ratio = check_whole_ratio("noise_ratio", noise_ratio)
+
+    def loss(
+        self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        check_batch(data)
+        noise_points = self.noise.sample((len(data), self.noise_ratio), generator)  # (B, ν, 2)
+        r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)  # (B,), (B, ν)
+        loss = ranking_nce_loss(r_data, r_noise).mean()
+        accuracy = (r_data > r_noise.max(dim=1).values).float().mean()
+        return loss, {"accuracy": accuracy.detach()}
+
+
+class ExponentialNCE(Estimator):
+    """eNCE (Liu et al. 2022): the exponential loss ½E_data[e^{−r/2}] + ½E_noise[e^{r/2}], r = log p_model − log q,
+    with ν·B noise points per batch of B (``ebm.nce.exponential_nce_loss``). Its optimum is p_model = p_data,
+    normaliser included. Statistic: the balanced ``accuracy`` of the sign of r.
+    """
+
+    name = "ence"
+    learns_log_z = True
+
+    def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
+        super().__init__()
+        self.noise = check_noise(self.name, noise)
+        self.noise_ratio = check_positive_float("noise_ratio", noise_ratio)
+
+    def loss(
+        self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        check_batch(data)
+        noise_points = self.noise.sample((max(1, round(self.noise_ratio * len(data))),), generator)  # (M, 2)
+        r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)
+        loss = exponential_nce_loss(r_data, r_noise)
+        return loss, {"accuracy": classifier_accuracy(r_data, r_noise).detach()}
+
+
+def silverman_bandwidth(points: Tensor) -> float:
+    """Silverman's rule of thumb for a 2D Gaussian kernel: h = σ·n^(−1/6), σ² the mean of the two variances.
+
+    (The rule h = σ·(4 / ((d + 2)·n))^(1/(d + 4)) at d = 2.) It is the scale at which n points resolve a
+    density's structure: the default spread of conditional NCE's noise.
+    """
+    if points.dim() != 2 or points.shape[1] != 2 or len(points) < 2:
+        raise ValueError(f"points must have shape (N, 2) with N ≥ 2, got {tuple(points.shape)}")
+    sigma = points.detach().double().cpu().var(dim=0).mean().sqrt().item()
+    return sigma * len(points) ** (-1 / 6)
+
+
+class ConditionalNCE(Estimator):
+    """Conditional NCE (Ceylan & Gutmann 2018): ν points y = x + ε·z, z ~ N(0, I), around each data point x,
+    loss mean_j log(1 + exp(−(log p̃(x) − log p̃(y_j)))) (``ebm.nce.conditional_nce_loss``). The symmetric
+    kernel and the normaliser cancel, so ``log_z`` is left free.
+
+    ``epsilon`` is a buffer, so a checkpoint restores it. Statistic: ``accuracy``, the fraction of pairs with
+    log p̃(x) > log p̃(y).
+    """
+
+    name = "cnce"
+    learns_log_z = False
+
+    def __init__(self, epsilon: float, noise_ratio: float = 4.0):
+        super().__init__()
+        self.register_buffer("epsilon", torch.tensor(check_positive_float("epsilon", epsilon)))
+        self.noise_ratio = check_whole_ratio("noise_ratio", noise_ratio)
+
+    def loss(
+        self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        check_batch(data)
+        z = standard_normal((len(data), self.noise_ratio, 2), generator, data.device)  # (B, ν, 2)
+        noise_points = data.unsqueeze(1) + self.epsilon * z  # (B, ν, 2)
+        model_data, model_noise = log_prob_joint(model, data, noise_points)  # (B,), (B, ν)
+        loss = conditional_nce_loss(model_data, model_noise).mean()
+        accuracy = (model_data.unsqueeze(1) > model_noise).float().mean()
+        return loss, {"accuracy": accuracy.detach()}
+
+
+__all__ = ["NCE", "ConditionalNCE", "ExponentialNCE", "RankingNCE", "silverman_bandwidth"]
