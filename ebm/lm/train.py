@@ -227,8 +227,9 @@ def train_lm(config: LMConfig) -> dict[str, Any]:
 
     Returns a dict with ``epochs`` (completed), ``partial`` (stopped by the time budget mid-epoch),
     ``test_ppl`` (and ``test_ppl_selfnorm`` plus log Z statistics for sampled losses), ``valid_ppl`` of the
-    last epoch, ``floor_ppl`` = exp(H) for the synthetic language (else None), ``train_seconds``, ``steps``
-    and the run folder ``out``.
+    last epoch, ``floor_ppl`` = exp(H) for the synthetic language (else None), ``train_seconds`` (training
+    only), ``elapsed`` (wall-clock seconds, evaluation included), ``tokens_per_s``, ``steps`` and the run
+    folder ``out``.
 
     Raises:
         FileNotFoundError: a named corpus that is not downloaded, or a missing split file.
@@ -261,17 +262,21 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
     order_gen = torch.Generator().manual_seed(config.seed)  # sentence order: the same on every rank
     noise_gen = torch.Generator().manual_seed(config.seed + 1)  # noise words: the same on every rank
     position, guard, clock = Position(), DivergenceGuard(), TrainingClock(config.time_budget)
+    wall = TrainingClock(None)  # wall-clock seconds of the run, evaluation included (never paused)
     lr, best, sums, hidden, valid = config.lr, math.inf, {"loss": 0.0, "tokens": 0, "seconds": 0.0}, None, {}
+    tokens_total = 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], order_gen, noise_gen)
         position, guard = Position(**state["position"]), DivergenceGuard(**state["guard"])
         clock.spent, lr, best, valid = state["train_seconds"], state["lr"], state["best_valid_ppl"], state["valid"]
+        wall.spent, tokens_total = state["elapsed"], state["tokens"]
         if position.epoch_step:
             sums, hidden = state["sums"], shard_state(_to_device(state["hidden"], device), context)
     parallel = DistributedLM(model, context)  # rank 0's parameters on every rank
     set_lr(optimizer, lr)
+    wall.run()
     context.barrier()  # every rank has read the checkpoint before rank 0 writes
     logger = run.start(config, position.epoch if state is not None else None) if main else None
     report = say if main else (lambda _: None)
@@ -288,6 +293,7 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
                       "vocab": {"words": list(corpus.vocab.words), "counts": corpus.vocab.counts},
                       "position": position.state_dict(), "guard": guard.state_dict(), "train_seconds": clock.seconds,
                       "lr": lr, "best_valid_ppl": best, "valid": valid, "sums": sums, "hidden": _to_cpu(whole_state),
+                      "elapsed": wall.seconds, "tokens": tokens_total,
                       "epoch_rng": epoch_start_rng, "rng": get_rng_state(order_gen, noise_gen)})
 
     stopped = context.any(clock.out_of_time())  # a resumed run whose budget is already spent only tests
@@ -308,7 +314,8 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
             loss, hidden = train_step(parallel, optimizer, config, input, target, mask, hidden, noise_gen, context)
             pending, pending_steps = pending + loss, pending_steps + 1
             position.step, position.epoch_step = position.step + 1, i + 1
-            sums["tokens"] += int(mask.sum()) if mask is not None else target.numel()  # the global batch's tokens
+            tokens = int(mask.sum()) if mask is not None else target.numel()  # the global batch's tokens
+            sums["tokens"], tokens_total = sums["tokens"] + tokens, tokens_total + tokens
             at_check = pending_steps == config.log_interval or i + 1 == total
             # one process reads its clock every step; several ranks vote at the checks only (a collective)
             stopped = clock.out_of_time() if context.world_size == 1 else at_check and context.any(clock.out_of_time())
@@ -339,7 +346,7 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
         tokens_per_s = sums["tokens"] / sums["seconds"]
         if main:
             logger.log(epoch=epoch, train_loss=sums["loss"] / total, lr=lr, tokens_per_s=tokens_per_s,
-                       train_seconds=clock.seconds, floor_ppl=floor,
+                       train_seconds=clock.seconds, elapsed=wall.seconds, floor_ppl=floor,
                        **{f"valid_{k}": v for k, v in valid.items() if k != "tokens"})
         report(f"epoch {epoch}: train loss {sums['loss'] / total:.4f}  {tokens_per_s:,.0f} tok/s  "
             + _describe("valid", valid, floor))
@@ -352,6 +359,7 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
     result = {"epoch": position.epoch + (position.epoch_step > 0), "final": True, "partial": position.epoch_step > 0,
               **{f"test_{k}": v for k, v in test.items() if k != "tokens"}, "valid_ppl": valid.get("ppl"),
               "floor_ppl": floor, "train_seconds": clock.seconds, "steps": position.step,
+              "tokens_per_s": tokens_total / clock.seconds if clock.seconds else 0.0, "elapsed": wall.seconds,
               "world_size": context.world_size}
     if main:
         logger.log(**result)
