@@ -5,8 +5,10 @@ import functools
 import pytest
 import torch
 
+import ebm.energy.noise as noise_module
 from ebm.data.toy import sample
 from ebm.energy.evaluate import Grid, grid_log_prob, plane_mass
+from ebm.energy.flow import fit_flow_noise
 from ebm.energy.noise import DEFENSIVE_WEIGHT, NOISE_CHOICES, empty_noise, make_noise
 
 
@@ -15,20 +17,30 @@ def data():
     return sample("8gaussians", 5000, torch.Generator().manual_seed(0))
 
 
+MIXTURES = tuple(name for name in NOISE_CHOICES if name != "flow")  # the flow has tests of its own (test_flow.py)
+
+
 @functools.cache
 def _fitted(name: str):
-    """Each noise fitted once per session (the mixture's EM with five starts takes seconds)."""
-    return make_noise(name, sample("8gaussians", 5000, torch.Generator().manual_seed(0)))
+    """Each noise fitted once per session (the mixture's EM with five starts takes seconds; the flow is fitted
+    briefly: only its state's round trip is tested here)."""
+    data = sample("8gaussians", 5000, torch.Generator().manual_seed(0))
+    return fit_flow_noise(data, steps=20) if name == "flow" else make_noise(name, data)
 
 
-@pytest.mark.parametrize("name", NOISE_CHOICES)
+def test_make_noise_fits_a_flow_for_flow(monkeypatch, data):
+    monkeypatch.setattr(noise_module, "fit_flow_noise", lambda points, seed: ("flow fitted to", len(points), seed))
+    assert make_noise("flow", data, seed=3) == ("flow fitted to", len(data), 3)
+
+
+@pytest.mark.parametrize("name", MIXTURES)
 def test_noise_integrates_to_one(name):
     noise = _fitted(name)
     mass = plane_mass(noise.log_prob, Grid(12.0, 400))  # the box and the plane beyond it
     assert mass.converged and mass.log_total == pytest.approx(0.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("name", NOISE_CHOICES)
+@pytest.mark.parametrize("name", MIXTURES)
 def test_samples_match_density_moments(name):
     noise = _fitted(name)
     x = noise.sample((200, 300), torch.Generator().manual_seed(1))
@@ -86,9 +98,9 @@ def test_state_dict_round_trip(name):
 
 
 def test_errors(data):
-    with pytest.raises(ValueError, match="gaussian, fitted, gmm"):
+    with pytest.raises(ValueError, match="gaussian, fitted, gmm, flow"):
         make_noise("uniform", data)
-    with pytest.raises(ValueError, match="gaussian, fitted, gmm"):
+    with pytest.raises(ValueError, match="gaussian, fitted, gmm, flow"):
         empty_noise("uniform")
     with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
         make_noise("gaussian", data).log_prob(torch.zeros(4, 3))

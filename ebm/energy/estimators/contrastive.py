@@ -6,6 +6,8 @@ the log-densities to a pure objective of ``ebm.nce``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -29,7 +31,25 @@ def _log_ratios(model: LogDensityModel, noise: nn.Module, data: Tensor, noise_po
     return model_data - noise_data, model_noise - noise_noise
 
 
-class NCE(Estimator):
+class _AgainstNoise(Estimator):
+    """An estimator that contrasts the data with points of a fixed noise q (``sample``, ``log_prob``), ν per data
+    point; ``whole_ratio`` estimators draw a whole number of noise points for each data point."""
+
+    whole_ratio: ClassVar[bool] = False
+
+    def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
+        super().__init__()
+        self.noise = check_noise(self.name, noise)
+        self.noise_ratio = (check_whole_ratio if self.whole_ratio else check_positive_float)("noise_ratio", noise_ratio)
+
+    def _noise_points(self, data: Tensor, generator: torch.Generator | None) -> Tensor:
+        """ν points per data point: (B, ν, 2) for whole-ratio estimators, else round(ν·B) points (M, 2)."""
+        if self.whole_ratio:
+            return self.noise.sample((len(data), self.noise_ratio), generator)
+        return self.noise.sample((max(1, round(self.noise_ratio * len(data))),), generator)
+
+
+class NCE(_AgainstNoise):
     """Binary NCE (Gutmann & Hyvärinen 2010): ν·B noise points per batch of B, loss −J of ``ebm.nce``.
 
     J = E_data[log σ(G)] + ν·E_noise[log σ(−G)],   G = log p_model − log q − log ν.
@@ -38,21 +58,16 @@ class NCE(Estimator):
     name = "nce"
     learns_log_z = True
 
-    def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
-        super().__init__()
-        self.noise = check_noise(self.name, noise)
-        self.noise_ratio = check_positive_float("noise_ratio", noise_ratio)
-
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         check_batch(data)
-        noise_points = self.noise.sample((max(1, round(self.noise_ratio * len(data))),), generator)  # (M, 2)
+        noise_points = self._noise_points(data, generator)  # (M, 2)
         loss, accuracy = nce_loss(model, self.noise, data, noise_points, self.noise_ratio)
         return loss, {"accuracy": accuracy.detach()}
 
 
-class RankingNCE(Estimator):
+class RankingNCE(_AgainstNoise):
     """Ranking NCE (Ma & Collins 2018): each data point against its own ν noise points, a softmax over the ν + 1
     logits o = log p_model − log q, loss −log softmax(o)_data (``ebm.nce.ranking_nce_loss``), averaged.
 
@@ -62,24 +77,20 @@ class RankingNCE(Estimator):
 
     name = "rnce"
     learns_log_z = False
-
-    def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
-        super().__init__()
-        self.noise = check_noise(self.name, noise)
-        self.noise_ratio = check_whole_ratio("noise_ratio", noise_ratio)
+    whole_ratio = True
 
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         check_batch(data)
-        noise_points = self.noise.sample((len(data), self.noise_ratio), generator)  # (B, ν, 2)
+        noise_points = self._noise_points(data, generator)  # (B, ν, 2)
         r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)  # (B,), (B, ν)
         loss = ranking_nce_loss(r_data, r_noise).mean()
         accuracy = (r_data > r_noise.max(dim=1).values).float().mean()
         return loss, {"accuracy": accuracy.detach()}
 
 
-class ExponentialNCE(Estimator):
+class ExponentialNCE(_AgainstNoise):
     """eNCE (Liu et al. 2022): the exponential loss ½E_data[e^{−r/2}] + ½E_noise[e^{r/2}], r = log p_model − log q,
     with ν·B noise points per batch of B (``ebm.nce.exponential_nce_loss``). Its optimum is p_model = p_data,
     normaliser included. Statistic: the balanced ``accuracy`` of the sign of r.
@@ -88,16 +99,11 @@ class ExponentialNCE(Estimator):
     name = "ence"
     learns_log_z = True
 
-    def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
-        super().__init__()
-        self.noise = check_noise(self.name, noise)
-        self.noise_ratio = check_positive_float("noise_ratio", noise_ratio)
-
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         check_batch(data)
-        noise_points = self.noise.sample((max(1, round(self.noise_ratio * len(data))),), generator)  # (M, 2)
+        noise_points = self._noise_points(data, generator)  # (M, 2)
         r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)
         loss = exponential_nce_loss(r_data, r_noise)
         return loss, {"accuracy": classifier_accuracy(r_data, r_noise).detach()}
