@@ -11,30 +11,73 @@ one. WikiText-2 then has 217,646 tokens in valid.txt and 245,569 in test.txt, as
 needs at least 2 tokens (one to predict after another); an empty file or a shorter split is a ``ValueError``
 naming the file. The vocabulary comes from the training split only; every other word maps to ``<unk>``.
 
+Corpora of any size: ``load_corpus`` never holds a file's lines. Each file is read once in blocks of whole
+lines and written as an int32 token file with int64 sentence offsets (``ebm.data.token_cache``), cached in
+``<folder>/.ebm-cache/`` under a key made of the files' fingerprints (size, mtime, sampled SHA-1) and the
+vocabulary options; later loads map those files into memory, so ``Split.ids`` is an int32 tensor over a
+memory map (pages are read when used) and a 100M-token corpus loads in well under a second. Delete the
+``.ebm-cache`` folder to clear the cache.
+
 Two ways to batch a split:
 
-* concatenated (fast): the whole stream is cut into ``B`` contiguous rows (``batchify``) and read in
-  ``bptt``-long chunks (``bptt_chunks``); the recurrent state is carried from one chunk to the next;
+* concatenated (fast): the whole stream is cut into ``B`` contiguous rows (``batchify``, a view: no copy) and
+  read in ``bptt``-long chunks (``bptt_chunks``); the recurrent state is carried from one chunk to the next;
 * sentences (``sentence_batches``): each sentence is its own sequence, padded to the longest in the batch,
   with a mask of the real positions; the input starts with ``<eos>`` (as a start token).
+
+Both yield int64 (LongTensor) batches whatever the stream's dtype (int32 for a loaded corpus, int64 for the
+synthetic one), so models and losses see one index type.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from bisect import insort
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ebm.data.token_cache import (
+    cache_root,
+    count_ids,
+    discard_entry,
+    entry_key,
+    fingerprint,
+    normalize_newlines,
+    open_array,
+    read_entry,
+    remap_ids,
+    tokenize_file,
+    write_entry,
+)
 
 UNK = "<unk>"
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
 MIN_SPLIT_TOKENS = 2  # the shortest split a model can be trained or evaluated on: one token predicted
-_REPLACEMENT = "\ufffd"
+_VOCAB_FILE = "vocab.json"
+
+
+def _frequency_rank(entry: tuple[str, int]) -> tuple[int, str]:
+    """Sort key of a (word, count) entry: decreasing count, ties by the word."""
+    return -entry[1], entry[0]
+
+
+def check_vocabulary_options(min_freq: int, max_size: int | None) -> None:
+    """``ValueError`` unless min_freq ≥ 1 and max_size is None or ≥ 2 (room for <unk> and <eos>)."""
+    if min_freq < 1:
+        raise ValueError(f"min_freq must be at least 1, got {min_freq}")
+    if max_size is not None and max_size < 2:
+        raise ValueError(f"max_size must be at least 2 (for {UNK} and {EOS}), got {max_size}")
 
 
 class Vocabulary:
@@ -64,17 +107,15 @@ class Vocabulary:
         ``counter`` counts the training tokens, ``<eos>`` included. The count of ``<unk>`` becomes its own
         count plus those of all dropped words, so the counts still sum to the number of training tokens.
         """
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be at least 1, got {min_freq}")
-        if max_size is not None and max_size < 2:
-            raise ValueError(f"max_size must be at least 2 (for {UNK} and {EOS}), got {max_size}")
-        regular = sorted(((w, c) for w, c in counter.items() if w not in (UNK, EOS)), key=lambda wc: (-wc[1], wc[0]))
-        kept = [(w, c) for w, c in regular if c >= min_freq]
+        check_vocabulary_options(min_freq, max_size)
+        kept = sorted((w, c) for w, c in counter.items() if c >= min_freq and w not in (UNK, EOS))  # by word
+        kept.sort(key=itemgetter(1), reverse=True)  # then by decreasing count (stable: ties stay sorted by word)
         if max_size is not None:
-            kept = kept[: max_size - 2]
+            del kept[max_size - 2 :]
         n_unk = sum(counter.values()) - counter[EOS] - sum(c for _, c in kept)
-        entries = sorted([*kept, (UNK, n_unk), (EOS, counter[EOS])], key=lambda wc: (-wc[1], wc[0]))
-        return cls([w for w, _ in entries], [c for _, c in entries])
+        for special in ((UNK, n_unk), (EOS, counter[EOS])):
+            insort(kept, special, key=_frequency_rank)
+        return cls([w for w, _ in kept], [c for _, c in kept])
 
     def __len__(self) -> int:
         return len(self.words)
@@ -92,11 +133,12 @@ class Vocabulary:
 class Split:
     """One tokenised split: the concatenated stream and where each sentence starts.
 
-    Sentence ``i`` is ``ids[offsets[i]:offsets[i + 1]]`` and ends with ``<eos>``.
+    Sentence ``i`` is ``ids[offsets[i]:offsets[i + 1]]`` and ends with ``<eos>``. A loaded corpus holds int32
+    ids over a memory-mapped file (``ebm.data.token_cache``); tensors built in memory may be int64.
     """
 
-    ids: Tensor  # (N,) long
-    offsets: Tensor  # (S + 1,) long, offsets[0] = 0, offsets[-1] = N
+    ids: Tensor  # (N,) int32 or int64
+    offsets: Tensor  # (S + 1,) int64, offsets[0] = 0, offsets[-1] = N
 
     def __len__(self) -> int:
         return self.ids.numel()
@@ -133,65 +175,110 @@ def split_lines(text: str) -> list[str]:
 
     A line ends at ``\n``, ``\r\n`` or ``\r``; a last line without a newline still counts, a final newline
     adds no empty line, and "" has no lines. Unlike ``str.splitlines`` nothing else ends a line (U+2028,
-    U+2029, U+0085, ``\x0b``, ``\x0c``, ``\x1c``–``\x1e`` stay inside it).
+    U+2029, U+0085, ``\x0b``, ``\x0c``, ``\x1c``–``\x1e`` stay inside it). ``load_corpus`` reads files by
+    these rules without holding them (``ebm.data.token_cache.LineBlocks``).
     """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = normalize_newlines(text).split("\n")
     if lines[-1] == "":  # the text ends with a newline (or is empty): no line follows it
         lines.pop()
     return lines
 
 
-def read_lines(path: str | os.PathLike) -> tuple[list[list[str]], int]:
-    """The white-space tokens of every line of a UTF-8 file (blank lines give []), and how many undecodable
-    bytes were replaced.
-
-    Lines as ``split_lines`` cuts them; tokens as ``str.split()`` cuts a line (on any Unicode white space).
-    Bytes that are not valid UTF-8 become U+FFFD (the count excludes U+FFFD characters already in the file).
-    A file with no lines at all (empty) is a ``ValueError``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing corpus file {path}")
-    raw = path.read_bytes()
-    text = raw.decode("utf-8", errors="replace")
-    replaced = text.count(_REPLACEMENT) - raw.count(_REPLACEMENT.encode("utf-8"))
-    lines = [line.split() for line in split_lines(text)]
-    if not lines:
-        raise ValueError(f"corpus file {path} is empty: it holds no lines")
-    return lines, replaced
-
-
 def encode_lines(lines: Sequence[Sequence[str]], vocab: Vocabulary) -> Split:
-    """Lines of tokens → a ``Split`` with ``<eos>`` after each line (an empty line is a lone ``<eos>``)."""
+    """Lines of tokens → a ``Split`` (int64) with ``<eos>`` after each line (an empty line is a lone ``<eos>``)."""
     lengths = torch.tensor([len(line) + 1 for line in lines], dtype=torch.long)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     ids = vocab.encode(token for line in lines for token in (*line, EOS))
     return Split(ids=ids, offsets=offsets)
 
 
-def load_corpus(folder: str | os.PathLike, min_freq: int = 1, max_size: int | None = None) -> Corpus:
+def load_corpus(
+    folder: str | os.PathLike,
+    min_freq: int = 1,
+    max_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Corpus:
     """Read ``train.txt``, ``valid.txt``, ``test.txt`` from ``folder``; the vocabulary comes from train.
 
+    The first call for given files and options tokenises each file once (in blocks; memory does not grow with
+    the corpus) into the cache ``cache_dir`` (default ``folder/.ebm-cache``, or the user's cache folder when
+    ``folder`` is not writable); later calls map the cached files (int32 ``ids``, int64 ``offsets``) without
+    reading the text. A text file that changes (size, mtime or sampled content), or other min_freq / max_size,
+    gives another cache entry; an entry that fails its checks is rebuilt.
+
     Raises ``FileNotFoundError`` naming a missing file, ``ValueError`` naming an empty file or one whose split
-    has fewer than ``MIN_SPLIT_TOKENS`` tokens (``<eos>`` included).
+    has fewer than ``MIN_SPLIT_TOKENS`` tokens (``<eos>`` included), or bad min_freq / max_size.
     """
     folder = Path(folder)
+    paths = {split: folder / f"{split}.txt" for split in SPLITS}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"missing corpus file {path}")
+    check_vocabulary_options(min_freq, max_size)
+    sources = {split: fingerprint(path) for split, path in paths.items()}
+    key = entry_key({"sources": sources, "min_freq": min_freq, "max_size": max_size})
+    root = Path(cache_dir) if cache_dir is not None else cache_root(folder)
+    manifest = read_entry(root, key)
+    corpus = _corpus_from_entry(folder.name, manifest) if manifest is not None else None
+    if corpus is None:
+        if manifest is not None:  # complete but inconsistent: it must not pass for a published entry
+            discard_entry(root, key)
+        manifest = write_entry(root, key, str(folder.resolve()), sources,
+                               lambda staging: _tokenize_corpus(paths, sources, staging, min_freq, max_size))
+        corpus = _corpus_from_entry(folder.name, manifest)
+        if corpus is None:
+            raise OSError(f"the corpus cache {manifest['path']} was written but does not read back")
+    return corpus
+
+
+def _tokenize_corpus(
+    paths: dict[str, Path], sources: dict[str, Any], staging: Path, min_freq: int, max_size: int | None
+) -> dict[str, Any]:
+    """Write ``<split>.ids`` (int32), ``<split>.offsets`` (int64) and the vocabulary into ``staging``; returns
+    the manifest's contents. Train comes first: its counts decide the vocabulary that maps every split."""
+    arrays, splits, vocab = {}, {}, None
     for split in SPLITS:
-        if not (folder / f"{split}.txt").is_file():
-            raise FileNotFoundError(f"missing corpus file {folder / f'{split}.txt'}")
-    lines, replaced = {}, {}
-    for split in SPLITS:
-        path = folder / f"{split}.txt"
-        lines[split], replaced[split] = read_lines(path)
-        tokens = sum(len(line) + 1 for line in lines[split])
-        if tokens < MIN_SPLIT_TOKENS:
-            raise ValueError(f"corpus file {path} gives {tokens} token (with {EOS}); a split needs at least "
+        path, ids_path = paths[split], staging / f"{split}.ids"
+        found = tokenize_file(path, ids_path, staging / f"{split}.offsets")
+        if found.lines == 0:
+            raise ValueError(f"corpus file {path} is empty: it holds no lines")
+        if found.tokens < MIN_SPLIT_TOKENS:
+            raise ValueError(f"corpus file {path} gives {found.tokens} token (with {EOS}); a split needs at least "
                              f"{MIN_SPLIT_TOKENS}: one to predict after another")
-    counter = Counter(token for line in lines["train"] for token in line)
-    counter[EOS] += len(lines["train"])
-    vocab = Vocabulary.from_counts(counter, min_freq=min_freq, max_size=max_size)
-    splits = {split: encode_lines(lines[split], vocab) for split in SPLITS}
-    return Corpus(name=folder.name, vocab=vocab, replaced=replaced, **splits)
+        if vocab is None:  # train: provisional id 0 is a line end (<eos>), k ≥ 1 is found.words[k - 1]
+            counts = count_ids(ids_path, len(found.words) + 1).tolist()  # (W + 1,)
+            counter = Counter(dict(zip(found.words, counts[1:], strict=True)))
+            counter[EOS] += counts[0]
+            vocab = Vocabulary.from_counts(counter, min_freq=min_freq, max_size=max_size)
+        table = np.fromiter(map(vocab.index_of.get, found.words, repeat(vocab.unk_index)), dtype=np.int32,
+                            count=len(found.words))
+        remap_ids(ids_path, np.concatenate([[vocab.eos_index], table]))  # provisional id → vocabulary index
+        if fingerprint(path) != sources[split]:
+            raise ValueError(f"corpus file {path} changed while it was read; load the corpus again")
+        arrays[f"{split}.ids"] = {"dtype": "int32", "count": found.tokens}
+        arrays[f"{split}.offsets"] = {"dtype": "int64", "count": found.lines + 1}
+        splits[split] = {"tokens": found.tokens, "sentences": found.lines, "replaced": found.replaced}
+    vocabulary = {"words": list(vocab.words), "counts": vocab.counts.tolist()}
+    (staging / _VOCAB_FILE).write_text(json.dumps(vocabulary), encoding="utf-8")
+    return {"arrays": arrays, "splits": splits}
+
+
+def _corpus_from_entry(name: str, manifest: dict[str, Any]) -> Corpus | None:
+    """The corpus of a cache entry, its splits mapped from disk; None if the entry is inconsistent."""
+    try:
+        stored = json.loads((Path(manifest["path"]) / _VOCAB_FILE).read_text(encoding="utf-8"))
+        vocab = Vocabulary(stored["words"], stored["counts"])
+        splits = {split: Split(open_array(manifest, f"{split}.ids"), open_array(manifest, f"{split}.offsets"))
+                  for split in SPLITS}
+        train_tokens = manifest["splits"]["train"]["tokens"]
+        replaced = {split: int(manifest["splits"][split]["replaced"]) for split in SPLITS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if int(vocab.counts.sum()) != train_tokens or any(
+        int(s.offsets[0]) != 0 or int(s.offsets[-1]) != len(s) for s in splits.values()
+    ):
+        return None
+    return Corpus(name=name, vocab=vocab, replaced=replaced, **splits)
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -217,13 +304,14 @@ def bptt_chunks(data: Tensor, bptt: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Consecutive (input, target) chunks of a batchified stream, each (B, T) with T ≤ bptt.
 
     Target = input shifted by one token, so chunk i covers inputs ``data[:, i·bptt : i·bptt + T]``; every
-    token except the first of each row is a target exactly once.
+    token except the first of each row is a target exactly once. Chunks are int64 (a view of ``data`` when it
+    is int64, a (B, T) copy when it is int32).
     """
     _check_positive("bptt", bptt)
     length = data.size(1)
     for start in range(0, length - 1, bptt):
         steps = min(bptt, length - 1 - start)
-        yield data[:, start : start + steps], data[:, start + 1 : start + 1 + steps]
+        yield data[:, start : start + steps].long(), data[:, start + 1 : start + 1 + steps].long()
 
 
 def sentence_batches(
@@ -237,7 +325,8 @@ def sentence_batches(
 
     A sentence w₁ … wₙ <eos> gives input <eos> w₁ … wₙ and target w₁ … wₙ <eos>; padded positions hold
     index 0 and mask False. Sentences come in a random order when ``generator`` is given, in file order
-    otherwise. ``max_length`` truncates longer sentences (their tail is not predicted).
+    otherwise. ``max_length`` truncates longer sentences (their tail is not predicted). Input and target are
+    int64 whatever the dtype of ``split.ids``.
     """
     _check_positive("batch_size", batch_size)
     if max_length is not None:
@@ -254,8 +343,8 @@ def sentence_batches(
         positions = torch.arange(steps)  # (T,)
         mask = positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         index = (starts[chosen].unsqueeze(1) + positions).clamp(max=len(split) - 1)  # (B, T)
-        target = torch.where(mask, split.ids[index], 0)
-        previous = split.ids[(index - 1).clamp(min=0)]
+        target = torch.where(mask, split.ids[index].long(), 0)
+        previous = split.ids[(index - 1).clamp(min=0)].long()
         input_ = torch.where(positions == 0, eos_index, torch.where(mask, previous, 0))
         yield input_, target, mask
 
@@ -270,10 +359,10 @@ __all__ = [
     "Vocabulary",
     "batchify",
     "bptt_chunks",
+    "check_vocabulary_options",
     "encode_lines",
     "load_corpus",
     "num_chunks",
-    "read_lines",
     "sentence_batches",
     "split_lines",
 ]
