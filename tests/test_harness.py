@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 import ebm.harness.loop as loop_module
 from ebm.energy.train import EnergyConfig
@@ -16,6 +17,7 @@ from ebm.harness import (
     DivergenceGuard,
     RunConfig,
     RunFolder,
+    StepStats,
     TrainingClock,
     TrainingDiverged,
     build_parser,
@@ -195,3 +197,15 @@ def test_cli_exit_status_and_message(capsys, argv, error, status, message):
     assert run_cli(ToyConfig, _train_raising(error), argv, "prog", "", lambda r: f"value {r['value']}") == status
     captured = capsys.readouterr()
     assert message in (captured.out if status == 0 else captured.err)
+
+
+def test_step_stats_average_each_statistic_over_the_steps_it_was_given():
+    stats = StepStats()
+    for loss, accuracy in ((1.0, 0.5), (3.0, None), (5.0, 0.7)):  # a step without accuracy, e.g. an FCE flow step
+        stats.add({"loss": torch.tensor(loss), **({"accuracy": torch.tensor(accuracy)} if accuracy else {})})
+    assert stats.pending_steps == 3
+    assert stats.flush() == pytest.approx({"loss": 3.0, "accuracy": 0.6})
+    stats.add({"loss": torch.tensor(7.0)})
+    assert stats.flush(reduce=lambda sums: sums * 2) == pytest.approx({"loss": 14.0})  # e.g. a sum over ranks
+    assert stats.epoch_means() == pytest.approx({"loss": (9.0 + 14.0) / 4, "accuracy": 0.6})
+    assert StepStats(stats.totals).epoch_means() == stats.epoch_means()  # what a mid-epoch checkpoint keeps

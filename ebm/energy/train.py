@@ -40,6 +40,7 @@ from ebm.harness import (
     Position,
     RunConfig,
     RunFolder,
+    StepStats,
     TrainingClock,
     checkpoint_path,
     from_dict,
@@ -202,13 +203,13 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
     steps_per_epoch = math.ceil(config.samples / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
-    sums = state["sums"] if state is not None and position.epoch_step else {}  # statistic → [sum, steps]
+    stats = StepStats(state["sums"] if state is not None and position.epoch_step else None)
 
     def checkpoint(epoch_start_rng: torch.Tensor) -> None:
         run.save({"model": model.state_dict(), "noise": noise.state_dict(), "estimator": estimator.state_dict(),
                   "optimizer": optimizer.state_dict(),
                   "config": asdict(config), "position": position.state_dict(), "guard": guard.state_dict(),
-                  "train_seconds": clock.seconds, "metrics": metrics, "sums": sums,
+                  "train_seconds": clock.seconds, "metrics": metrics, "sums": stats.totals,
                   "epoch_rng": epoch_start_rng, "rng": get_rng_state(data_gen, noise_gen)})
 
     stopped = clock.out_of_time()  # a resumed run whose budget is already spent only evaluates
@@ -220,30 +221,21 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
         batches = sample(config.dataset, config.samples, data_gen).to(device).split(config.batch_size)
         model.train()
         clock.run()
-        pending: dict[str, list] = {}  # statistic → [summed tensor, steps] since the last check
         bar = progress_bar(range(position.epoch_step, steps_per_epoch), steps_per_epoch, f"epoch {epoch}",
                            config.progress, initial=position.epoch_step)
         for i in bar:
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(position.step, total_steps, config.lr)
-            for name, value in train_step(model, estimator, batches[i], optimizer, noise_gen).items():
-                pending.setdefault(name, [0.0, 0])
-                pending[name] = [pending[name][0] + value, pending[name][1] + 1]
+            stats.add(train_step(model, estimator, batches[i], optimizer, noise_gen))
             position.step, position.epoch_step = position.step + 1, i + 1
             stopped = clock.out_of_time()
-            steps_since_check = max(count for _, count in pending.values())
-            if steps_since_check == config.log_interval or i + 1 == steps_per_epoch or stopped:
-                names = list(pending)
-                means = (torch.stack([torch.as_tensor(pending[n][0], device=device).float() for n in names])
-                         / torch.tensor([pending[n][1] for n in names], device=device)).tolist()  # one device sync
-                if "loss" in pending:
-                    guard.check(means[names.index("loss")], f"in epoch {epoch}, steps {i + 2 - steps_since_check}–"
-                                f"{i + 1} of {steps_per_epoch}", run.describe_checkpoint())
-                for name, mean in zip(names, means, strict=True):
-                    total, count = sums.get(name, [0.0, 0])
-                    sums[name] = [total + mean * pending[name][1], count + pending[name][1]]
-                bar.set_postfix({n: f"{m:.4f}" for n, m in zip(names, means, strict=True) if n in ("loss", "accuracy")})
-                pending = {}
+            if stats.pending_steps == config.log_interval or i + 1 == steps_per_epoch or stopped:
+                first = i + 2 - stats.pending_steps
+                means = stats.flush()
+                if "loss" in means:
+                    guard.check(means["loss"], f"in epoch {epoch}, steps {first}–{i + 1} of {steps_per_epoch}",
+                                run.describe_checkpoint())
+                bar.set_postfix({n: f"{m:.4f}" for n, m in means.items() if n in ("loss", "accuracy")})
             if stopped:
                 break
         bar.close()
@@ -255,9 +247,9 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
             break
         position.epoch, position.epoch_step = epoch, 0
         metrics = _epoch_metrics(model, config, grid, epoch_test, epoch_test_log_p, device, figure, run, epoch)
-        metrics.update(epoch=epoch, step=position.step, **{n: total / count for n, (total, count) in sums.items()},
-                       log_z=model.log_z.item(), learns_log_z=estimator.learns_log_z, train_seconds=clock.seconds)
-        sums = {}
+        metrics.update(epoch=epoch, step=position.step, **stats.epoch_means(), log_z=model.log_z.item(),
+                       learns_log_z=estimator.learns_log_z, train_seconds=clock.seconds)
+        stats = StepStats()
         logger.log(**metrics)
         checkpoint(epoch_start_rng)
         say(_summary(metrics, config.epochs))

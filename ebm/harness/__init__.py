@@ -24,7 +24,15 @@ from ebm.harness.config import (
     unit_interval,
     validate,
 )
-from ebm.harness.loop import DivergenceGuard, Position, TrainingClock, TrainingDiverged, progress_bar, say
+from ebm.harness.loop import (
+    DivergenceGuard,
+    Position,
+    StepStats,
+    TrainingClock,
+    TrainingDiverged,
+    progress_bar,
+    say,
+)
 from ebm.harness.run import RunFolder, checkpoint_path
 
 __all__ = [
@@ -33,6 +41,7 @@ __all__ = [
     "Position",
     "RunConfig",
     "RunFolder",
+    "StepStats",
     "TrainingClock",
     "TrainingDiverged",
     "build_parser",

@@ -6,6 +6,8 @@
 * ``DivergenceGuard``: the one divergence rule. A loss diverges when it is not finite, or when it is finite
   but exploded: |loss| > 10⁴·(|first loss| + 1). The second clause makes the rule independent of where a
   CPU's arithmetic happens to overflow (an lr of 1e30 gives inf on one machine and 1e35 on another).
+* ``StepStats``: per-step statistics summed on the device and read back in one synchronisation every few
+  steps (the loss the divergence rule checks, the classifier's accuracy, …), and their epoch means.
 * ``progress_bar``: tqdm on a terminal; silent when stderr is not one (CI logs, redirected runs), where the
   per-epoch summary lines are the record.
 """
@@ -15,10 +17,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 EXPLOSION_FACTOR = 1e4
@@ -99,6 +103,46 @@ class DivergenceGuard:
         return {"reference": self.reference}
 
 
+class StepStats:
+    """Statistics of training steps: ``add`` detached device scalars each step (a statistic may skip steps, e.g.
+    the loss of an FCE flow step); ``flush`` reads the sums since the last flush in one device synchronisation
+    and returns their means; ``epoch_means`` gives the means over the epoch so far.
+
+    ``totals`` (plain floats) go into a mid-epoch checkpoint, so a resumed epoch reports the same means.
+    """
+
+    def __init__(self, totals: dict[str, list[float]] | None = None):
+        self.totals: dict[str, list[float]] = dict(totals or {})  # name → [sum, steps] over the epoch
+        self._pending: dict[str, list] = {}  # name → [summed tensor, steps] since the last flush
+
+    def add(self, stats: dict[str, Tensor]) -> None:
+        for name, value in stats.items():
+            total, count = self._pending.get(name, (0.0, 0))
+            self._pending[name] = [total + value, count + 1]
+
+    @property
+    def pending_steps(self) -> int:
+        """Steps since the last flush (of the statistic seen most often)."""
+        return max((count for _, count in self._pending.values()), default=0)
+
+    def flush(self, reduce: Callable[[Tensor], Tensor] = lambda sums: sums) -> dict[str, float]:
+        """Means since the last flush; ``reduce`` acts on the stacked sums first (e.g. a mean over ranks)."""
+        if not self._pending:
+            return {}
+        names = list(self._pending)
+        sums = torch.stack([torch.as_tensor(self._pending[n][0]).float() for n in names])
+        counts = [self._pending[n][1] for n in names]
+        means = (reduce(sums).cpu() / torch.tensor(counts)).tolist()  # the one synchronisation
+        for name, mean, count in zip(names, means, counts, strict=True):
+            total, steps = self.totals.get(name, (0.0, 0))
+            self.totals[name] = [total + mean * count, steps + count]
+        self._pending = {}
+        return dict(zip(names, means, strict=True))
+
+    def epoch_means(self) -> dict[str, float]:
+        return {name: total / steps for name, (total, steps) in self.totals.items()}
+
+
 def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
     """A tqdm bar over ``iterable``, shown only when ``enabled`` and stderr is a terminal."""
     return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True,
@@ -110,4 +154,4 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-__all__ = ["DivergenceGuard", "Position", "TrainingClock", "TrainingDiverged", "progress_bar", "say"]
+__all__ = ["DivergenceGuard", "Position", "StepStats", "TrainingClock", "TrainingDiverged", "progress_bar", "say"]

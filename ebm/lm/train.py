@@ -41,6 +41,7 @@ from ebm.harness import (
     Position,
     RunConfig,
     RunFolder,
+    StepStats,
     TrainingClock,
     checkpoint_path,
     fraction,
@@ -263,8 +264,8 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
     noise_gen = torch.Generator().manual_seed(config.seed + 1)  # noise words: the same on every rank
     position, guard, clock = Position(), DivergenceGuard(), TrainingClock(config.time_budget)
     wall = TrainingClock(None)  # wall-clock seconds of the run, evaluation included (never paused)
-    lr, best, sums, hidden, valid = config.lr, math.inf, {"loss": 0.0, "tokens": 0, "seconds": 0.0}, None, {}
-    tokens_total = 0
+    lr, best, sums, hidden, valid = config.lr, math.inf, {"tokens": 0, "seconds": 0.0}, None, {}
+    stats, tokens_total = StepStats(), 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -273,7 +274,8 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
         clock.spent, lr, best, valid = state["train_seconds"], state["lr"], state["best_valid_ppl"], state["valid"]
         wall.spent, tokens_total = state["elapsed"], state["tokens"]
         if position.epoch_step:
-            sums, hidden = state["sums"], shard_state(_to_device(state["hidden"], device), context)
+            sums, stats = state["sums"], StepStats(state["stats"])
+            hidden = shard_state(_to_device(state["hidden"], device), context)
     parallel = DistributedLM(model, context)  # rank 0's parameters on every rank
     set_lr(optimizer, lr)
     wall.run()
@@ -292,7 +294,8 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
             run.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": asdict(config),
                       "vocab": {"words": list(corpus.vocab.words), "counts": corpus.vocab.counts},
                       "position": position.state_dict(), "guard": guard.state_dict(), "train_seconds": clock.seconds,
-                      "lr": lr, "best_valid_ppl": best, "valid": valid, "sums": sums, "hidden": _to_cpu(whole_state),
+                      "lr": lr, "best_valid_ppl": best, "valid": valid, "sums": sums, "stats": stats.totals,
+                      "hidden": _to_cpu(whole_state),
                       "elapsed": wall.seconds, "tokens": tokens_total,
                       "epoch_rng": epoch_start_rng, "rng": get_rng_state(order_gen, noise_gen)})
 
@@ -306,25 +309,22 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
         model.train()
         clock.run()
         seconds_before = clock.seconds - sums["seconds"]
-        pending, pending_steps = torch.zeros((), device=device), 0
         bar = progress_bar(itertools.islice(batches, position.epoch_step, None), total, f"epoch {epoch}",
                            config.progress and main, initial=position.epoch_step)
         for i, (input, target, mask) in enumerate(bar, start=position.epoch_step):
             torch.manual_seed(_dropout_seed(config.seed, context.rank, position.step))
             loss, hidden = train_step(parallel, optimizer, config, input, target, mask, hidden, noise_gen, context)
-            pending, pending_steps = pending + loss, pending_steps + 1
+            stats.add({"loss": loss})
             position.step, position.epoch_step = position.step + 1, i + 1
             tokens = int(mask.sum()) if mask is not None else target.numel()  # the global batch's tokens
             sums["tokens"], tokens_total = sums["tokens"] + tokens, tokens_total + tokens
-            at_check = pending_steps == config.log_interval or i + 1 == total
+            at_check = stats.pending_steps == config.log_interval or i + 1 == total
             # one process reads its clock every step; several ranks vote at the checks only (a collective)
             stopped = clock.out_of_time() if context.world_size == 1 else at_check and context.any(clock.out_of_time())
             if at_check or stopped:
-                mean = context.mean(pending).item() / pending_steps  # the only device sync
-                guard.check(mean, f"in epoch {epoch}, steps {i + 2 - pending_steps}–{i + 1} of {total}",
-                            run.describe_checkpoint())
-                sums["loss"] += mean * pending_steps
-                pending, pending_steps = torch.zeros((), device=device), 0
+                first = i + 2 - stats.pending_steps
+                mean = stats.flush(reduce=context.mean)["loss"]  # the global running loss: the only device sync
+                guard.check(mean, f"in epoch {epoch}, steps {first}–{i + 1} of {total}", run.describe_checkpoint())
                 bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{sums['tokens'] / (clock.seconds - seconds_before):,.0f}")
             if stopped:
                 break
@@ -343,14 +343,14 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
         else:
             lr *= config.lr_decay
             set_lr(optimizer, lr)
-        tokens_per_s = sums["tokens"] / sums["seconds"]
+        tokens_per_s, train_loss = sums["tokens"] / sums["seconds"], stats.epoch_means()["loss"]
         if main:
-            logger.log(epoch=epoch, train_loss=sums["loss"] / total, lr=lr, tokens_per_s=tokens_per_s,
+            logger.log(epoch=epoch, train_loss=train_loss, lr=lr, tokens_per_s=tokens_per_s,
                        train_seconds=clock.seconds, elapsed=wall.seconds, floor_ppl=floor,
                        **{f"valid_{k}": v for k, v in valid.items() if k != "tokens"})
-        report(f"epoch {epoch}: train loss {sums['loss'] / total:.4f}  {tokens_per_s:,.0f} tok/s  "
-            + _describe("valid", valid, floor))
-        sums = {"loss": 0.0, "tokens": 0, "seconds": 0.0}
+        report(f"epoch {epoch}: train loss {train_loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+               + _describe("valid", valid, floor))
+        sums, stats = {"tokens": 0, "seconds": 0.0}, StepStats()
         checkpoint(epoch_start_rng)
 
     assert_identical(model, context, [order_gen, noise_gen])
