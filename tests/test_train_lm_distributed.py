@@ -107,3 +107,42 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_any_work(t
     messages = [queue.get() for _ in range(WORLD)]
     assert all("global batch size 5 must be a positive multiple of the world size 2" in m for m in messages)
     assert not (tmp_path / "r").exists()
+
+
+def _dying_rank(rank: int, port: int, config: LMConfig, die_at_step: int, queue) -> None:
+    import ebm.lm.train as lm_train
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    real_step, calls = lm_train.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if rank == 1 and len(calls) == die_at_step:
+            raise MemoryError("rank 1 ran out of memory")  # a rank that dies mid-epoch
+        return real_step(*args, **kwargs)
+
+    lm_train.train_step = step
+    try:
+        train_lm(config)
+    except BaseException as error:  # noqa: BLE001 - report what each rank saw, then fail as a rank would
+        queue.put((rank, type(error).__name__, str(error)))
+        raise
+
+
+def test_a_rank_that_dies_stops_the_others_and_keeps_the_last_checkpoint(tmp_path):
+    config = _config(tmp_path / "run", epochs=3, log_interval=1, dist_timeout=20.0)
+    steps_per_epoch = 4000 // TINY["batch_size"] // TINY["bptt"]  # about 49: die early in epoch 2
+    queue = multiprocessing.get_context(START).SimpleQueue()
+    with pytest.raises(mp.ProcessRaisedException):
+        mp.start_processes(_dying_rank, args=(_free_port(), config, steps_per_epoch + 3, queue), nprocs=WORLD,
+                           start_method=START)
+    seen = {}
+    while not queue.empty():
+        rank, kind, message = queue.get()
+        seen[rank] = (kind, message)
+    assert seen[1][0] == "MemoryError"
+    assert seen[0][0] == "RuntimeError" and "rank 0 of 2" in seen[0][1]  # named, not a silent hang
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["position"] == {"epoch": 1, "epoch_step": 0, "step": state["position"]["step"]}
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]

@@ -23,6 +23,7 @@ embedding and output rows use dense gradients (MPS supports sparse tensors only 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -313,7 +314,10 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
                            config.progress and main, initial=position.epoch_step)
         for i, (input, target, mask) in enumerate(bar, start=position.epoch_step):
             torch.manual_seed(_dropout_seed(config.seed, context.rank, position.step))
-            loss, hidden = train_step(parallel, optimizer, config, input, target, mask, hidden, noise_gen, context)
+            step = functools.partial(train_step, parallel, optimizer, config, input, target, mask, hidden, noise_gen,
+                                     context)
+            # several ranks: a failed all-reduce (a rank died) is re-raised naming this rank and the likely cause
+            loss, hidden = context.run("training step", step) if context.world_size > 1 else step()
             stats.add({"loss": loss})
             position.step, position.epoch_step = position.step + 1, i + 1
             tokens = int(mask.sum()) if mask is not None else target.numel()  # the global batch's tokens
