@@ -119,7 +119,11 @@ def wikitext_folder(source: Path) -> Path:
             os.symlink(target.resolve(), link)
     with (source / "test.txt").open(encoding="utf-8") as f:  # lines as the corpus reader counts them
         lines = list(f)
-    (folder / "valid.txt").write_text("".join(lines[: len(lines) // 10]), encoding="utf-8")
+    valid, text = folder / "valid.txt", "".join(lines[: len(lines) // 10])
+    if not valid.exists() or valid.read_text(encoding="utf-8") != text:  # runs started together read it unchanged
+        partial = folder / f"valid.txt.{os.getpid()}"
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, valid)  # atomic: a reader sees the old file or the new one, never half of it
     return folder
 
 
@@ -160,6 +164,34 @@ def bench_quality(section: str, datasets: list[str], losses: list[str], threads:
     return "\n".join(lines), rows
 
 
+def per_epoch_table(rows: list[dict]) -> str:
+    """Validation perplexity after every epoch, the losses side by side with each one's ratio to full softmax
+    (read from each run's metrics.jsonl); one table per dataset."""
+    tables = []
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        runs = {r["loss"]: [json.loads(line) for line in (Path(r["out"]) / "metrics.jsonl").read_text().splitlines()]
+                for r in rows if r["dataset"] == name}
+        curves = {loss: [m["valid_ppl"] for m in lines if "valid_ppl" in m and not m.get("final")]
+                  for loss, lines in runs.items()}
+        losses = list(curves)
+        head = "| epoch | " + " | ".join(losses) + " |"
+        lines = [f"{name}: validation perplexity per epoch (× full softmax)", "", head,
+                 "|---|" + "---|" * len(losses)]
+        for epoch in range(max(len(c) for c in curves.values())):
+            cells = []
+            for loss in losses:
+                curve, full = curves[loss], curves.get("full", [])
+                if epoch >= len(curve):
+                    cells.append("–")
+                elif loss != "full" and epoch < len(full):
+                    cells.append(f"{curve[epoch]:.2f} ({curve[epoch] / full[epoch]:.3f})")
+                else:
+                    cells.append(f"{curve[epoch]:.2f}")
+            lines.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="+", default=["step", "epochs", "budget"],
@@ -169,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     parser.add_argument("--vocab", nargs="+", type=int, default=[100_000, 1_000_000], help="V for the step section")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per case (median)")
+    parser.add_argument("--synthetic-vocab", type=int, default=200, help="words of the synthetic language")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the equal-epochs section")
     parser.add_argument("--budget", type=float, default=390.0, help="seconds of training per loss (budget section)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 avoids stalls when shared)")
@@ -180,10 +213,12 @@ def main(argv: list[str] | None = None) -> None:
         if section == "step":
             table, rows = bench_step(args.vocab, args.repeats)
         elif section == "epochs":
-            table, rows = bench_quality(section, args.datasets, args.losses, args.threads, epochs=args.epochs)
+            table, rows = bench_quality(section, args.datasets, args.losses, args.threads, epochs=args.epochs,
+                                        synthetic_vocab=args.synthetic_vocab)
+            table += "\n\n" + per_epoch_table(rows)
         else:
             table, rows = bench_quality(section, args.datasets, args.losses, args.threads, epochs=1000,
-                                        time_budget=args.budget)
+                                        time_budget=args.budget, synthetic_vocab=args.synthetic_vocab)
         title = {"step": "Whole LM step, 2-layer LSTM 200/200, 20×35 tokens",
                  "epochs": f"Equal epochs ({args.epochs})", "budget": f"Equal training time ({args.budget:.0f} s)"}
         print(f"\n## {title[section]}\n\n{table}\n\nload average {os.getloadavg()}", flush=True)

@@ -7,7 +7,7 @@ import torch
 
 from ebm.data.corpus import batchify
 from ebm.lm.evaluate import evaluate
-from ebm.lm.models import RNNLM, GenericNCELM
+from ebm.lm.models import RNNLM, GenericNCELM, LockedDropout
 from ebm.lm.optim import add_weight_decay_, clip_grad_norm_, make_optimizer
 from ebm.lm.output import SampledOutput
 from ebm.lm.samplers import AliasSampler
@@ -221,3 +221,67 @@ def test_adam_on_a_model_whose_parameters_are_all_sparse_updates_only_touched_ro
     optimizer.step()
     changed = (layer.weight.detach() != before).any(dim=1).nonzero().squeeze(1)
     assert set(changed.tolist()) == set(touched.tolist()) and {3, 7} <= set(changed.tolist())
+
+
+def make_dropout_lm(**rates):
+    """A 2-layer LSTM LM (H = out_size = 16: no projection) with the given dropout rates."""
+    output = SampledOutput(in_features=16, vocab_size=V, noise=torch.arange(1, V + 1), noise_ratio=8)
+    return RNNLM(V, output, emb_size=12, hidden_size=16, num_layers=2, cell="lstm", **rates)
+
+
+def test_dropout_is_off_in_eval_mode():
+    """In eval mode a model with dropout 0.5 everywhere gives the features of the same weights without dropout;
+    in training mode two calls differ."""
+    model = make_dropout_lm(dropout=0.5)
+    reference = make_dropout_lm(dropout=0.0)
+    reference.load_state_dict(model.state_dict())
+    x = torch.randint(V, (4, 9))
+    model.eval()
+    torch.testing.assert_close(model(x)[0], reference.train()(x)[0])
+    model.train()
+    assert not torch.allclose(model(x)[0], model(x)[0])
+
+
+def test_output_dropout_alone_zeroes_features_and_scales_the_rest():
+    """Only dropout_output = 0.5 (the last operation when there is no projection): each training feature is 0 or
+    twice the evaluation feature, about half of them 0 (binomial, 4 standard errors)."""
+    model = make_dropout_lm(dropout=0.0, dropout_output=0.5)
+    x = torch.randint(V, (8, 10))
+    clean = model.eval()(x)[0]
+    noisy = model.train()(x)[0]
+    dropped = noisy == 0
+    torch.testing.assert_close(noisy[~dropped], 2 * clean[~dropped])
+    n = dropped.numel()
+    assert abs(dropped.float().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)
+
+
+def test_embedding_dropout_alone_changes_features_without_zeroing_them():
+    model = make_dropout_lm(dropout=0.0, dropout_embedding=0.5)
+    x = torch.randint(V, (8, 10))
+    clean, noisy = model.eval()(x)[0], model.train()(x)[0]
+    assert not torch.allclose(clean, noisy) and (noisy != 0).all()
+    with pytest.raises(ValueError, match="dropout_between"):
+        make_dropout_lm(dropout_between=1.0)
+
+
+def test_locked_dropout_shares_one_mask_over_time():
+    """x = 1: every (sequence, unit) is 0 at all time steps or 1/(1 − p) at all of them; a fraction ≈ p is 0."""
+    drop = LockedDropout(0.25)
+    out = drop(torch.ones(64, 7, 32))
+    first = out[:, :1, :]
+    assert (out == first).all()
+    values = out.unique()
+    assert len(values) == 2 and values[0] == 0 and values[1].item() == pytest.approx(1 / 0.75)
+    n = first.numel()
+    assert abs((first == 0).float().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_locked_dropout_in_the_model_keeps_each_sequence_mask_over_time():
+    """locked_dropout with only dropout_output: a feature unit of a sequence is dropped at every step or none."""
+    model = make_dropout_lm(dropout=0.0, dropout_output=0.5, locked_dropout=True).train()
+    features = model(torch.randint(V, (16, 6)))[0]
+    zero = features == 0  # (B, T, H)
+    assert zero.any()
+    assert (zero == zero[:, :1, :]).all()

@@ -49,6 +49,28 @@ def _masked_mean(per_token: Tensor, mask: Tensor | None) -> Tensor:
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, shared over time: x (B, T, D) · m (B, 1, D) / (1 − p), m ~ Bernoulli(1 − p).
+
+    Identity in evaluation mode or at p = 0 (Gal & Ghahramani 2016's variational dropout on inputs and outputs).
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * mask / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class RNNLM(nn.Module):
     """An LSTM/GRU language model on top of a sampled output layer.
 
@@ -59,7 +81,12 @@ class RNNLM(nn.Module):
         emb_size: E, input embedding size.
         hidden_size: H, recurrent state size.
         num_layers: stacked recurrent layers.
-        dropout: dropout on the embeddings, between layers and on the features.
+        dropout: dropout on the embeddings, between layers and on the features (each overridable below).
+        dropout_embedding, dropout_between, dropout_output: the rate at each of those three places (None:
+            ``dropout``). Dropout is active in training mode only; ``eval()`` turns it off.
+        locked_dropout: one dropout mask per sequence for the embeddings and the features, shared by all its
+            time steps (variational dropout, Gal & Ghahramani 2016; Merity et al. 2018), instead of a fresh mask
+            per token. Between layers the recurrent module's own (per-token) dropout applies.
         cell: "lstm" or "gru".
         out_size: size of the features given to ``output``; a linear projection H → out_size is added when
             it differs from H (None: H, or E when tying).
@@ -79,21 +106,31 @@ class RNNLM(nn.Module):
         out_size: int | None = None,
         tie_weights: bool = False,
         sparse: bool = True,
+        dropout_embedding: float | None = None,
+        dropout_between: float | None = None,
+        dropout_output: float | None = None,
+        locked_dropout: bool = False,
     ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
         if min(vocab_size, emb_size, hidden_size, num_layers) <= 0:
             raise ValueError("vocab_size, emb_size, hidden_size and num_layers must be positive")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        rates = {name: dropout if rate is None else rate for name, rate in
+                 (("dropout", dropout), ("dropout_embedding", dropout_embedding),
+                  ("dropout_between", dropout_between), ("dropout_output", dropout_output))}
+        for name, rate in rates.items():
+            if not 0 <= rate < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
         out_size = out_size or (emb_size if tie_weights else hidden_size)
         if tie_weights and out_size != emb_size:
             raise ValueError(f"tie_weights needs out_size == emb_size, got {out_size} and {emb_size}")
         self.embedding = nn.Embedding(vocab_size, emb_size, sparse=sparse)
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
-        self.rnn = rnn(emb_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0)
-        self.drop = nn.Dropout(dropout)
+        self.rnn = rnn(emb_size, hidden_size, num_layers, batch_first=True,
+                       dropout=rates["dropout_between"] if num_layers > 1 else 0)
+        drop = LockedDropout if locked_dropout else nn.Dropout
+        self.drop_embedding, self.drop_output = drop(rates["dropout_embedding"]), drop(rates["dropout_output"])
         self.proj = nn.Linear(hidden_size, out_size) if out_size != hidden_size else nn.Identity()
         self.output = output
         if tie_weights:
@@ -103,8 +140,8 @@ class RNNLM(nn.Module):
 
     def forward(self, input: Tensor, state: State = None) -> tuple[Tensor, State]:
         """(B, T) indices → features (B, T, out_size) and the new recurrent state."""
-        hidden, state = self.rnn(self.drop(self.embedding(input)), state)  # (B, T, H)
-        return self.proj(self.drop(hidden)), state
+        hidden, state = self.rnn(self.drop_embedding(self.embedding(input)), state)  # (B, T, H)
+        return self.proj(self.drop_output(hidden)), state
 
     def loss(
         self,
@@ -242,4 +279,4 @@ class GenericNCELM(nn.Module):
         return nll, (log_z - self.norm).view_as(target), state
 
 
-__all__ = ["CELLS", "GenericNCELM", "RNNLM", "detach_state"]
+__all__ = ["CELLS", "GenericNCELM", "LockedDropout", "RNNLM", "detach_state"]

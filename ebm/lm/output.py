@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from ebm.lm.losses import SAMPLED_LOSSES, check_loss_name, full_softmax_loss
 from ebm.lm.samplers import NoiseSampler, make_sampler
 
+NOISE_SHARING = ("batch", "sequence", "token")
+
 # Why each sampled loss is biased when accidental hits are removed (derived and measured in ebm.lm.losses).
 _HIT_REMOVAL_BIAS = {
     "nce": "NCE then learns log p/(1 − p), not log p",
@@ -91,17 +93,28 @@ class SampledOutput(nn.Module):
             "uniform" / "log_uniform".
         loss: one of "full", "nce", "sampled", "neg", "mix" (see ``ebm.lm.losses``); switchable later by
             assigning ``layer.loss``.
-        noise_ratio: k, noise samples per token (per batch when `shared_noise`).
+        noise_ratio: k, noise samples per token (drawn once per batch or per sequence, see `noise_sharing`).
         norm: the log-normaliser in log p̃ = s − norm: "auto" (log V), a float, or "learn" (a learned scalar
             initialised at log V).
         noise_power: α for counts.
-        shared_noise: one set of k noise tokens for the whole batch, scored with one (N, H) × (H, k) product
-            (default), or k tokens drawn per token.
+        noise_sharing: who shares a draw of k noise tokens. "batch" (default): every token of the batch, scored
+            with one (N, H) × (H, k) product. "sequence": each sequence (row b of a (B, T, H) input; each token
+            of a flat (N, H) input) draws its own k, scored with a batched (B, T, H) × (B, H, k) product: the
+            same arithmetic as "batch" and B·k rows instead of k, so the noise gradient of every output row
+            averages over B times more draws. "token": k draws per token (N·k rows gathered: slow). All three
+            give the same expected loss and gradient; they differ in variance and cost.
         remove_accidental_hits: drop noise samples equal to the target (TensorFlow's option). Off by default:
             removal biases every sampled loss (NCE then learns log p/(1 − p), not log p; sampled softmax
             over-estimates frequent tokens; see ``ebm.lm.losses``), so a UserWarning says so whenever it is
             on with a sampled loss, at construction and each time ``loss`` is set.
         sparse: sparse gradients for `weight` and `bias` in the sampled losses (the "full" loss is always dense).
+        selfnorm_weight: α of the self-normalisation penalty added to a sampled loss (0: none; Devlin et al. 2014
+            penalise (log Z)² over all contexts, Andreas & Klein 2015 show a sample of contexts suffices): the
+            exact log Z(h) of `selfnorm_positions` tokens drawn at random, and each drawn token's loss gains
+            α · (N/m) · (log Z(h) − norm)², so the mean loss gains α · mean (log Z − norm)² in expectation.
+            The output rows enter it detached: its gradient reaches the network (through h) and a learned norm,
+            the rows' gradients stay sparse. Cost O(m · V · H) per step.
+        selfnorm_positions: m, the tokens per batch whose exact log Z the penalty uses (all when N ≤ m).
         eval_chunk_elements: evaluation computes at most this many scores at once (tokens × vocabulary chunk).
 
     Parameters: weight (V, H), bias (V,) initialised to log q + norm (the model starts at the noise
@@ -119,10 +132,12 @@ class SampledOutput(nn.Module):
         noise_ratio: int = 100,
         norm: str | float = "auto",
         noise_power: float = 1.0,
-        shared_noise: bool = True,
+        noise_sharing: str = "batch",
         remove_accidental_hits: bool = False,
         sparse: bool = True,
         eval_chunk_elements: int = 2**22,
+        selfnorm_weight: float = 0.0,
+        selfnorm_positions: int = 16,
     ) -> None:
         super().__init__()
         if in_features < 1 or vocab_size < 1:
@@ -131,13 +146,20 @@ class SampledOutput(nn.Module):
             raise ValueError(f"noise_ratio (k) must be a positive integer, got {noise_ratio}")
         if eval_chunk_elements < 1:
             raise ValueError(f"eval_chunk_elements must be positive, got {eval_chunk_elements}")
+        if not (math.isfinite(selfnorm_weight) and selfnorm_weight >= 0) or selfnorm_positions < 1:
+            raise ValueError(f"selfnorm_weight must be finite and ≥ 0 and selfnorm_positions positive, got "
+                             f"{selfnorm_weight} and {selfnorm_positions}")
         self.in_features = in_features
         self.vocab_size = vocab_size
         self.noise_ratio = int(noise_ratio)
-        self.shared_noise = shared_noise
+        if noise_sharing not in NOISE_SHARING:
+            raise ValueError(f"unknown noise_sharing {noise_sharing!r}; choose one of {', '.join(NOISE_SHARING)}")
+        self.noise_sharing = noise_sharing
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.sparse = sparse
         self.eval_chunk_elements = eval_chunk_elements
+        self.selfnorm_weight = float(selfnorm_weight)
+        self.selfnorm_positions = int(selfnorm_positions)
         self._loss = check_loss_name(loss)
         self._warn_if_hit_removal_biases(stacklevel=3)  # the caller's line
         self.noise = make_sampler(noise, vocab_size, noise_power)
@@ -179,7 +201,8 @@ class SampledOutput(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, vocab_size={self.vocab_size}, loss={self._loss!r}, "
-                f"noise_ratio={self.noise_ratio}, shared_noise={self.shared_noise}, sparse={self.sparse}")
+                f"noise_ratio={self.noise_ratio}, noise_sharing={self.noise_sharing!r}, sparse={self.sparse}"
+                + (f", selfnorm_weight={self.selfnorm_weight}" if self.selfnorm_weight else ""))
 
     # --- checks --------------------------------------------------------------------------------------
     def _flatten(self, hidden: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -216,36 +239,52 @@ class SampledOutput(nn.Module):
         if self._loss == "full":
             losses = full_softmax_loss(F.linear(h, self.weight, self.bias), t)  # (N,)
         else:
-            losses = self._sampled_loss(h, t, generator)
+            groups = {"batch": 1, "sequence": hidden.shape[0] if hidden.dim() > 2 else t.numel(),
+                      "token": t.numel()}[self.noise_sharing]
+            losses = self._sampled_loss(h, t, groups, generator)
+            if self.selfnorm_weight > 0:
+                losses = losses + self._selfnorm_penalty(h, generator)
         if reduction == "none":
             return losses.reshape(target.shape)
         return losses.sum() if reduction == "sum" else losses.mean()
 
-    def _sampled_loss(self, h: Tensor, t: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _sampled_loss(self, h: Tensor, t: Tensor, groups: int, generator: torch.Generator | None) -> Tensor:
+        """Per-token losses (N,) with k noise tokens drawn for each of `groups` equal runs of consecutive tokens."""
         n, k = t.numel(), self.noise_ratio
-        if self.shared_noise:
-            noise = self.noise.sample((k,), generator=generator)  # (k,)
-        else:
-            noise = self.noise.sample((n, k), generator=generator)  # (N, k)
+        noise = self.noise.sample((groups, k), generator=generator)  # (G, k)
         score_target = (h * gather_rows(self.weight, t, self.sparse)).sum(-1) + gather_rows(self.bias, t, self.sparse)
-        emb_noise = gather_rows(self.weight, noise.reshape(-1), self.sparse)  # (k, H) or (N·k, H)
-        bias_noise = gather_rows(self.bias, noise.reshape(-1), self.sparse)  # (k,) or (N·k,)
-        if self.shared_noise:
+        emb_noise = gather_rows(self.weight, noise.reshape(-1), self.sparse)  # (G·k, H)
+        bias_noise = gather_rows(self.bias, noise.reshape(-1), self.sparse)  # (G·k,)
+        if groups == 1:
             score_noise = torch.addmm(bias_noise, h, emb_noise.t())  # (N, k): one dense product for the batch
+            noise, log_q_noise = noise.squeeze(0), self.noise.log_prob(noise.squeeze(0), check=False)  # (k,)
             hits_noise = noise.unsqueeze(0)  # (1, k)
         else:
-            emb_noise = emb_noise.reshape(n, k, self.in_features)  # (N, k, H)
-            score_noise = torch.bmm(emb_noise, h.unsqueeze(2)).squeeze(2) + bias_noise.reshape(n, k)  # (N, k)
-            hits_noise = noise
+            per_group = n // groups
+            h_groups = h.reshape(groups, per_group, self.in_features)  # (G, N/G, H)
+            emb_noise = emb_noise.reshape(groups, k, self.in_features)  # (G, k, H)
+            score_noise = torch.baddbmm(bias_noise.reshape(groups, 1, k), h_groups, emb_noise.transpose(1, 2))
+            score_noise = score_noise.reshape(n, k)  # (N, k)
+            hits_noise = noise.repeat_interleave(per_group, dim=0)  # (N, k)
+            log_q_noise = self.noise.log_prob(hits_noise, check=False)  # (N, k)
         hits = hits_noise == t.unsqueeze(1) if self.remove_accidental_hits else None  # (N, k)
         norm = self.norm.float()
         return SAMPLED_LOSSES[self._loss](
             score_target.float() - norm,
             score_noise.float() - norm,
             self.noise.log_prob(t, check=False),
-            self.noise.log_prob(noise, check=False),
+            log_q_noise,
             hits,
         )
+
+    def _selfnorm_penalty(self, h: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(N,) α · (N/m) · (log Z(h_n) − norm)² at m random tokens n (all when N ≤ m), 0 elsewhere; rows detached."""
+        n, m = h.shape[0], min(self.selfnorm_positions, h.shape[0])
+        chosen = torch.arange(n) if m == n else torch.randperm(n, generator=generator)[:m]
+        chosen = chosen.to(h.device)
+        log_z = self._log_z(h[chosen], self.weight.detach(), self.bias.detach())  # (m,)
+        gap_sq = (log_z - self.norm.float()).pow(2)
+        return h.new_zeros(n, dtype=gap_sq.dtype).index_add(0, chosen, self.selfnorm_weight * (n / m) * gap_sq)
 
     # --- evaluation ----------------------------------------------------------------------------------
     def score(self, hidden: Tensor, target: Tensor) -> Tensor:
@@ -265,16 +304,20 @@ class SampledOutput(nn.Module):
         ``eval_chunk_elements`` scores exist at a time (never a [tokens × V] tensor).
         """
         h, _ = self._flatten(hidden)
+        return self._log_z(h, self.weight, self.bias).reshape(hidden.shape[:-1])
+
+    def _log_z(self, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """logsumexp_w (h·weight_w + bias_w), (N, H) → (N,) float32, over chunks of at most eval_chunk_elements."""
         chunk = max(1, self.eval_chunk_elements // max(1, h.shape[0]))
         log_z = h.new_full((h.shape[0],), -math.inf, dtype=torch.float32)  # (N,)
         for start in range(0, self.vocab_size, chunk):
-            scores = F.linear(h, self.weight[start : start + chunk], self.bias[start : start + chunk])  # (N, C)
+            scores = F.linear(h, weight[start : start + chunk], bias[start : start + chunk])  # (N, C)
             log_z = torch.logaddexp(log_z, torch.logsumexp(scores.float(), dim=-1))
-        return log_z.reshape(hidden.shape[:-1])
+        return log_z
 
     def nll(self, hidden: Tensor, target: Tensor) -> Tensor:
         """Exact per-token negative log-likelihood −log p(target) = log Z(h) − s(target): (...)."""
         return self.log_normalizer(hidden) - self.score(hidden, target)
 
 
-__all__ = ["SampledOutput", "gather_rows", "register_norm"]
+__all__ = ["NOISE_SHARING", "SampledOutput", "gather_rows", "register_norm"]
