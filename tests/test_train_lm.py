@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ebm.harness.loop as loop_module
+import ebm.lm.train as train_module
 from ebm.data.corpus import EOS, UNK
 from ebm.harness import TrainingDiverged
 from ebm.lm.evaluate import evaluate_sentences
@@ -15,7 +16,8 @@ from ebm.utils import CheckpointError, read_metrics
 from train import main
 
 TINY = dict(synthetic_vocab=30, synthetic_tokens=6000, emb_size=16, hidden_size=16, batch_size=8, bptt=10,
-            noise_ratio=10, lr=1e-2, progress=False)
+            noise_ratio=10, lr=1e-2, progress=False, num_layers=1, dropout_embedding=None, dropout_between=None,
+            dropout_output=None)  # a tiny model that learns in seconds: no dropout unless a test asks
 
 
 def config(tmp_path, **kwargs):
@@ -46,21 +48,33 @@ def test_short_run_beats_the_unigram_model_and_writes_metrics(tmp_path):
     assert {"valid_log_z_gap_mean", "valid_log_z_gap_std", "valid_ppl_selfnorm", "tokens_per_s"} <= set(records[0])
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+def test_resume_after_a_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     straight = train_lm(config(tmp_path / "a", epochs=2, dropout=0.2))
-    train_lm(config(tmp_path / "b", epochs=1, dropout=0.2))
+    real_save, calls = train_module.RunFolder.save, []
+
+    def crash_on_second_save(self, state):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
+        real_save(self, state)
+
+    monkeypatch.setattr(train_module.RunFolder, "save", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(config(tmp_path / "b", epochs=2, dropout=0.2))
+    monkeypatch.setattr(train_module.RunFolder, "save", real_save)
     resumed = train_lm(config(tmp_path / "b", epochs=2, dropout=0.2, resume=True))
     assert resumed["test_ppl"] == straight["test_ppl"]
     a, b = load_lm(tmp_path / "a" / "run").model.state_dict(), load_lm(tmp_path / "b" / "run").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["epoch"] for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")] == [1, 2, 2]
-    with pytest.raises(ValueError, match="hidden_size"):
-        train_lm(config(tmp_path / "b", epochs=3, hidden_size=8, resume=True))
+    with pytest.raises(ValueError, match="epochs: checkpoint 2, now 3"):  # the schedule spans the epochs
+        train_lm(config(tmp_path / "b", epochs=3, resume=True, dropout=0.2))
 
 
 @pytest.mark.parametrize("batch_mode", ["concat", "sentence"])
 def test_time_budget_stop_is_resumed_mid_epoch_exactly(tmp_path, monkeypatch, batch_mode):
-    kwargs = dict(epochs=2, dropout=0.2, batch_mode=batch_mode, log_interval=1)
+    # a plateau schedule: a cosine over a time budget would (rightly) differ from one over the steps
+    kwargs = dict(epochs=2, dropout=0.2, batch_mode=batch_mode, log_interval=1, schedule="plateau")
     straight = train_lm(config(tmp_path / "a", **kwargs))
     now = iter(range(10**6))  # a fake clock: every reading advances one second
     monkeypatch.setattr(loop_module, "_now", lambda: float(next(now)))
@@ -87,7 +101,7 @@ def test_divergence_stops_the_run_on_any_cpu(tmp_path, capsys):
     {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-4},
     {"model": "generic", "noise_ratio": 4},
     {"model": "generic", "noise_ratio": 4, "norm": "learn"},
-    {"loss": "mix", "norm": "learn", "noise": "log_uniform", "out_size": 8},
+    {"loss": "mix", "norm": "learn", "noise": "log_uniform", "out_size": 8, "tie_weights": False},
 ])
 def test_other_modes_learn_past_the_unigram_model(tmp_path, overrides):
     c = config(tmp_path, epochs=2, synthetic_tokens=20_000, **overrides)
@@ -195,3 +209,31 @@ def test_compiled_network_trains_like_the_eager_one(tmp_path):
     small = dict(epochs=1, emb_size=8, hidden_size=8, bptt=5, synthetic_tokens=3000)
     eager, compiled = train_lm(config(tmp_path / "e", **small)), train_lm(config(tmp_path / "c", compile=True, **small))
     assert compiled["test_ppl"] == pytest.approx(eager["test_ppl"], rel=1e-5)
+
+
+def test_the_default_recipe_beats_the_unigram_model_in_a_short_run(tmp_path):
+    """The shipped defaults (tied 2×200 LSTM, locked dropout, per-sequence noise, cosine) on a small corpus."""
+    c = LMConfig(synthetic_vocab=30, synthetic_tokens=30_000, epochs=2, out=str(tmp_path / "run"), progress=False)
+    result = train_lm(c)
+    assert result["valid_ppl"] < 0.8 * unigram_perplexity(c)
+
+
+def test_learning_rate_follows_the_schedule(tmp_path):
+    """Cosine after holding half the run, down to 10%: lr(progress) by hand at each epoch's end."""
+    c = config(tmp_path, epochs=4, schedule="cosine", hold=0.5, lr_final=0.1)
+    train_lm(c)
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if not r.get("final")]
+    for epoch, record in enumerate(records, start=1):  # progress = epoch / 4 after the epoch's last step
+        x = max(0.0, epoch / 4 - 0.5) / 0.5
+        assert record["lr"] == pytest.approx(c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * x))), rel=1e-6)
+
+
+def test_calibrating_the_norm_centres_self_normalised_scores(tmp_path):
+    plain = train_lm(config(tmp_path / "a", epochs=2))
+    calibrated = train_lm(config(tmp_path / "b", epochs=2, calibrate_norm=True))
+    last_valid = [r for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl") if not r.get("final")][-1]
+    assert calibrated["norm_shift"] == pytest.approx(last_valid["valid_log_z_gap_mean"])  # shifted by the mean gap
+    assert calibrated["test_ppl"] == plain["test_ppl"]  # exact perplexity does not use the norm
+    assert calibrated["test_log_z_gap_mean"] == pytest.approx(
+        plain["test_log_z_gap_mean"] - calibrated["norm_shift"], abs=1e-5)
+    assert abs(calibrated["test_log_z_gap_mean"]) < 0.3 * abs(plain["test_log_z_gap_mean"])

@@ -23,7 +23,8 @@ from ebm.utils import read_metrics
 WORLD = 2
 START = "fork" if sys.platform == "linux" else "spawn"
 TINY = dict(synthetic_vocab=30, synthetic_tokens=4000, emb_size=16, hidden_size=16, batch_size=8, bptt=10,
-            noise_ratio=10, lr=1e-2, progress=False, threads=1, dist_timeout=60.0)
+            noise_ratio=10, lr=1e-2, progress=False, threads=1, dist_timeout=60.0, num_layers=1,
+            dropout_embedding=None, dropout_between=None, dropout_output=None)  # no dropout: ranks draw own masks
 
 
 def _free_port() -> int:
@@ -74,20 +75,26 @@ def test_two_ranks_train_as_one_process_on_the_global_batch(tmp_path, batch_mode
     assert [r["epoch"] for r in records] == [1, 2, 2] and records[-1]["world_size"] == WORLD  # rank 0 alone wrote
 
 
-def test_resume_on_another_number_of_processes(tmp_path):
-    _on_two_ranks(_config(tmp_path / "mixed", epochs=1))
-    train_lm(_config(tmp_path / "mixed", epochs=2, resume=True))  # epoch 2 in one process
-    train_lm(_config(tmp_path / "one", epochs=2))
+def test_a_run_stopped_in_one_process_resumes_on_two(tmp_path, monkeypatch):
+    plateau = dict(epochs=2, schedule="plateau")  # a cosine over the time budget would differ from one over steps
+    now = iter(range(10**6))
+    monkeypatch.setattr(loop_module, "_now", lambda: float(next(now)))
+    train_lm(_config(tmp_path / "mixed", time_budget=30.0, log_interval=1, **plateau))
+    assert torch.load(tmp_path / "mixed" / "checkpoint.pt", weights_only=True)["position"]["epoch_step"] > 0
+    monkeypatch.undo()
+    _on_two_ranks(_config(tmp_path / "mixed", resume=True, **plateau))
+    train_lm(_config(tmp_path / "one", **plateau))
     _assert_close_runs(tmp_path / "mixed", tmp_path / "one")
 
 
 def test_time_budget_stops_every_rank_and_resumes_mid_epoch(tmp_path, monkeypatch):
     """A stop mid-epoch keeps the recurrent state of every rank's rows; one process can resume it."""
-    _on_two_ranks(_config(tmp_path / "cut", epochs=2, time_budget=12.0, log_interval=1), fake_clock=True)
+    plateau = dict(epochs=2, schedule="plateau")  # a cosine over the time budget would differ from one over steps
+    _on_two_ranks(_config(tmp_path / "cut", time_budget=12.0, log_interval=1, **plateau), fake_clock=True)
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert state["position"]["epoch_step"] > 0 and state["hidden"][0].shape[1] == TINY["batch_size"]
-    train_lm(_config(tmp_path / "cut", epochs=2, resume=True))
-    train_lm(_config(tmp_path / "one", epochs=2))
+    train_lm(_config(tmp_path / "cut", resume=True, **plateau))
+    train_lm(_config(tmp_path / "one", **plateau))
     _assert_close_runs(tmp_path / "cut", tmp_path / "one")
 
 

@@ -44,15 +44,16 @@ max_r n_r · (8 + 4·H) bytes per parameter instead of V·H·4: a step touches i
 a few thousand rows, against V of 10⁵–10⁶ (bench/bench_sparse_sync.py gives the figures). The same calls
 work on gloo and NCCL (all_gather of dense tensors).
 
-**One noise draw for all ranks.** The output layer draws k noise words per step, shared by the batch. Every
-rank holds a CPU ``torch.Generator`` seeded with the same seed and uses it only for the noise, so every rank
-draws the same k words each step. The touched noise rows are then k, not k·W, and the estimator is exactly
-the single-process one: every token of the global batch is contrasted with the same k noise words, as one
-process holding the whole batch would do, so each token's loss is the same function of its context, target
-and the k words, and with equal shards the mean of the ranks' mean losses is the mean over the global batch:
-(1/W) Σ_r (1/n) Σ_{t ∈ shard r} ℓ_t = (1/(W n)) Σ_t ℓ_t. (Per-token noise, ``shared_noise=False``, would
-need a different stream per rank, or ranks would repeat each other's draws row for row.) The generator's
-state is the same on every rank, so rank 0's checkpoint of it resumes every rank.
+**One noise draw for all ranks.** Every rank holds a CPU ``torch.Generator`` seeded with the same seed and
+uses it only for the noise, so every rank draws exactly what a single process holding the whole global batch
+would draw, and keeps its own part: with noise shared by the batch (``noise_sharing="batch"``), the same k
+words on every rank; with a draw per sequence (or per token), the draws of the whole global batch, of which
+each rank keeps its rows' (``SampledOutput.noise_shard``). Every token is then contrasted with the noise it
+would meet in one process, so each token's loss is the same function of its context, target and noise, and
+with equal shards the mean of the ranks' mean losses is the mean over the global batch:
+(1/W) Σ_r (1/n) Σ_{t ∈ shard r} ℓ_t = (1/(W n)) Σ_t ℓ_t. With shared noise the rows a step touches are its
+targets plus k noise words, not k per rank. The generator's state is the same on every rank, so rank 0's
+checkpoint of it resumes every rank.
 
 **Losses over masked tokens.** ``model.loss`` averages over the rank's own unmasked tokens. When shards hold
 different numbers of tokens (padded sentences), multiply each rank's loss by ``global_mean_weight``,

@@ -155,6 +155,7 @@ class SampledOutput(nn.Module):
         if noise_sharing not in NOISE_SHARING:
             raise ValueError(f"unknown noise_sharing {noise_sharing!r}; choose one of {', '.join(NOISE_SHARING)}")
         self.noise_sharing = noise_sharing
+        self.noise_shard: tuple[int, int, int | None] = (0, 1, None)  # set by data-parallel training: _draw_noise
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.sparse = sparse
         self.eval_chunk_elements = eval_chunk_elements
@@ -241,17 +242,38 @@ class SampledOutput(nn.Module):
         else:
             groups = {"batch": 1, "sequence": hidden.shape[0] if hidden.dim() > 2 else t.numel(),
                       "token": t.numel()}[self.noise_sharing]
-            losses = self._sampled_loss(h, t, groups, generator)
+            rows = hidden.shape[0] if hidden.dim() > 2 else t.numel()
+            losses = self._sampled_loss(h, t, groups, rows, generator)
             if self.selfnorm_weight > 0:
                 losses = losses + self._selfnorm_penalty(h, generator)
         if reduction == "none":
             return losses.reshape(target.shape)
         return losses.sum() if reduction == "sum" else losses.mean()
 
-    def _sampled_loss(self, h: Tensor, t: Tensor, groups: int, generator: torch.Generator | None) -> Tensor:
+    def _draw_noise(self, groups: int, rows: int, generator: torch.Generator | None) -> Tensor:
+        """k noise tokens for each of ``groups`` groups (of ``rows`` sequences here): (G, k).
+
+        In data-parallel training every rank draws from an identically seeded generator and holds shard i of W
+        equal shards of a global batch of R real sequences (``noise_shard = (i, W, R)``; R None: W·rows). It
+        draws the noise of the whole global batch, as one process would, and keeps its own groups; rows that
+        only pad the batch to a multiple of W (masked, never scored) reuse draws. With "batch" sharing (G = 1)
+        every rank keeps the one shared draw.
+        """
+        index, shards, global_rows = self.noise_shard
+        if groups == 1 or shards == 1:
+            return self.noise.sample((groups, self.noise_ratio), generator=generator)
+        per_row = groups // rows
+        total = (global_rows if global_rows is not None else rows * shards) * per_row
+        every = self.noise.sample((total, self.noise_ratio), generator=generator)  # (R·per_row, k)
+        needed = groups * shards
+        if total < needed:  # padding rows: any draw will do
+            every = every.repeat(-(-needed // total), 1)[:needed]
+        return every[index * groups : (index + 1) * groups]
+
+    def _sampled_loss(self, h: Tensor, t: Tensor, groups: int, rows: int, generator: torch.Generator | None) -> Tensor:
         """Per-token losses (N,) with k noise tokens drawn for each of `groups` equal runs of consecutive tokens."""
         n, k = t.numel(), self.noise_ratio
-        noise = self.noise.sample((groups, k), generator=generator)  # (G, k)
+        noise = self._draw_noise(groups, rows, generator)  # (G, k)
         score_target = (h * gather_rows(self.weight, t, self.sparse)).sum(-1) + gather_rows(self.bias, t, self.sparse)
         emb_noise = gather_rows(self.weight, noise.reshape(-1), self.sparse)  # (G·k, H)
         bias_noise = gather_rows(self.bias, noise.reshape(-1), self.sparse)  # (G·k,)

@@ -6,8 +6,10 @@
 
 Each epoch: truncated-BPTT training (or whole sentences), then the exact validation perplexity (full softmax,
 chunked over V) and, for sampled losses, the self-normalised perplexity and the mean / spread of
-log Z(context) − norm; the learning rate is multiplied by ``lr_decay`` whenever the validation perplexity does
-not improve; one line goes to ``metrics.jsonl`` and the run is checkpointed atomically. At the end the exact
+log Z(context) − norm; one line goes to ``metrics.jsonl`` and the run is checkpointed atomically. The learning
+rate follows ``schedule``: constant until ``hold`` of the run (of its steps, or of its time budget), then a
+cosine (or linear) decay, or, with "plateau", a factor ``lr_decay`` whenever the validation perplexity does not
+improve. At the end the exact
 test perplexity is the last metrics line (``"final": true``). The run folder, resume rule, divergence rule,
 time budget and progress bars are the shared harness's (``ebm.harness``); a time-budget stop checkpoints
 mid-epoch (recurrent state included) and ``resume`` continues exactly from there.
@@ -68,8 +70,17 @@ from ebm.lm.distributed import (
 from ebm.lm.evaluate import evaluate, evaluate_sentences
 from ebm.lm.losses import LOSS_NAMES
 from ebm.lm.models import CELLS, RNNLM, GenericNCELM, detach_state
-from ebm.lm.optim import OPTIMIZERS, add_weight_decay_, clip_grad_norm_, make_optimizer, set_lr
-from ebm.lm.output import SampledOutput
+from ebm.lm.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    add_weight_decay_,
+    clip_grad_norm_,
+    make_optimizer,
+    plateau_lr,
+    scheduled_lr,
+    set_lr,
+)
+from ebm.lm.output import NOISE_SHARING, SampledOutput
 from ebm.lm.samplers import NOISE_NAMES, make_sampler
 from ebm.utils import get_device, get_rng_state, load_checkpoint, seed_everything, set_rng_state
 
@@ -102,32 +113,53 @@ class LMConfig(RunConfig):
     synthetic_seed: int = option(0, "seed of the synthetic language and its samples")
     batch_mode: str = option("concat", "concat: bptt chunks of the concatenated text; sentence: padded sentences, "
                              "state reset per sentence", choices=BATCH_MODES)
-    batch_size: int = option(32, "sequences per batch", check=positive)
+    batch_size: int = option(20, "sequences per batch (the global batch under torchrun)", check=positive)
     bptt: int = option(35, "tokens per chunk (sentence mode: longest sentence kept, 0 = no cut)", check=non_negative)
     eval_batch_size: int = option(10, "rows of the evaluation streams (sentences per batch in sentence mode)",
                                   check=positive)
     model: str = option("lstm", "recurrent cell; generic = the seed's full-NCE GRU scorer (loss nce only)",
                         choices=MODELS)
-    emb_size: int = option(128, "input embedding size", check=positive)
-    hidden_size: int = option(128, "recurrent state size", check=positive)
-    num_layers: int = option(1, "recurrent layers", check=positive)
-    dropout: float = option(0.0, "dropout on embeddings, between layers and on the output features", check=fraction)
+    emb_size: int = option(200, "input embedding size", check=positive)
+    hidden_size: int = option(200, "recurrent state size", check=positive)
+    num_layers: int = option(2, "recurrent layers", check=positive)
+    dropout: float = option(0.0, "dropout rate wherever --dropout-embedding/-between/-output are not given",
+                            check=fraction)
+    dropout_embedding: float | None = option(0.4, "dropout on the input embeddings (none: --dropout)",
+                                             check=fraction)
+    dropout_between: float | None = option(0.3, "dropout between recurrent layers (none: --dropout)", check=fraction)
+    dropout_output: float | None = option(0.4, "dropout on the output features (none: --dropout)", check=fraction)
+    locked_dropout: bool = option(True, "one dropout mask per sequence for embeddings and outputs (variational)")
     out_size: int | None = option(None, "output embedding size (a projection is added when it differs from "
                                   "--hidden-size)", check=positive)
-    tie_weights: bool = option(False, "share the input and output embeddings")
+    tie_weights: bool = option(True, "share the input and output embeddings")
     loss: str = option("nce", "training loss (evaluation is always the exact softmax)", choices=LOSS_NAMES)
-    noise_ratio: int = option(100, "k, noise words per step (shared by the batch)", check=positive)
+    noise_ratio: int = option(100, "k, noise words per draw", check=positive)
+    noise_sharing: str = option("sequence", "who shares a draw of k noise words: batch, sequence (lower variance "
+                                "for 1.1x the step), token (slow)", choices=NOISE_SHARING)
     noise: str = option("unigram", "noise distribution", choices=NOISE_NAMES)
     noise_power: float = option(1.0, "unigram noise ∝ count^power", check=non_negative)
     norm: str | float = option("auto", "log-normaliser of the self-normalised scores: auto (= log V), learn, "
                                "or a number", parse=_parse_norm, check=_check_norm)
     optimizer: str = option("adam", "adam (Adam + SparseAdam for embedding rows) or sgd", choices=OPTIMIZERS)
-    lr: float = option(3e-3, "learning rate", check=positive)
-    lr_decay: float = option(0.5, "learning-rate factor when the validation perplexity does not improve",
+    selfnorm_weight: float = option(0.0, "α of the self-normalisation penalty α·(log Z − norm)² on a sample of "
+                                    "tokens (sampled losses)", check=non_negative)
+    selfnorm_positions: int = option(16, "tokens per step whose exact log Z the penalty uses", check=positive)
+    calibrate_norm: bool = option(False, "after training, shift the norm to the mean log Z of training contexts "
+                                  "(self-normalised scores then centre on 0)")
+    lr: float = option(4e-3, "peak learning rate", check=positive)
+    schedule: str = option("cosine", "cosine / linear: constant until --hold, then decay to --lr-final·lr; "
+                           "plateau: lr·--lr-decay whenever the validation perplexity does not improve",
+                           choices=SCHEDULES)
+    warmup: float = option(0.0, "fraction of the run (steps, or of --time-budget) of linear warm-up", check=fraction)
+    hold: float = option(0.5, "fraction of the run at the peak learning rate before the decay", check=fraction)
+    lr_final: float = option(0.0, "the last learning rate as a fraction of --lr (cosine, linear)",
                              check=unit_interval)
+    lr_decay: float = option(0.5, "plateau schedule: learning-rate factor when the validation perplexity does "
+                             "not improve", check=unit_interval)
     weight_decay: float = option(0.0, "L2 penalty (on touched rows only for sparse gradients)", check=non_negative)
     clip: float = option(1.0, "global gradient-norm clip (0 = off)", check=non_negative)
-    epochs: int = option(3, "epochs", check=positive, resumable=True)
+    epochs: int = option(3, "epochs (the learning-rate schedule spans them, so a resumed run keeps them)",
+                         check=positive)
     amp: bool = option(False, "bfloat16 autocast for the network (CUDA, CPU); the NCE and log-normaliser arithmetic "
                        "and the exact evaluation stay float32")
     compile: bool = option(False, "torch.compile the recurrent network (experimental; minutes of compilation, "
@@ -183,19 +215,23 @@ def build_model(config: LMConfig, counts: torch.Tensor, sparse: bool = True) -> 
                             config.num_layers, config.dropout, norm=config.norm)
     out_size = config.out_size or (config.emb_size if config.tie_weights else config.hidden_size)
     output = SampledOutput(in_features=out_size, vocab_size=vocab_size, noise=noise, loss=config.loss,
-                           noise_ratio=config.noise_ratio, norm=config.norm, sparse=sparse)
+                           noise_ratio=config.noise_ratio, norm=config.norm, noise_sharing=config.noise_sharing,
+                           sparse=sparse, selfnorm_weight=config.selfnorm_weight,
+                           selfnorm_positions=config.selfnorm_positions)
     return RNNLM(vocab_size, output, config.emb_size, config.hidden_size, config.num_layers, config.dropout,
-                 config.model, out_size, config.tie_weights, sparse=sparse)
+                 config.model, out_size, config.tie_weights, sparse=sparse, dropout_embedding=config.dropout_embedding,
+                 dropout_between=config.dropout_between, dropout_output=config.dropout_output,
+                 locked_dropout=config.locked_dropout)
 
 
 def _train_batches(config: LMConfig, corpus: Corpus, generator: torch.Generator):
     """(iterator of (input, target, mask or None), number of batches) for one training epoch."""
     if config.batch_mode == "concat":
         data = batchify(corpus.train.ids, config.batch_size)
-        return ((x, y, None) for x, y in bptt_chunks(data, config.bptt)), num_chunks(data.size(1), config.bptt)
+        return ((x, y, None) for x, y in bptt_chunks(data, config.bptt)), _steps_per_epoch(config, corpus)
     batches = sentence_batches(corpus.train, config.batch_size, corpus.vocab.eos_index, generator,
                                max_length=config.bptt or None)
-    return batches, -(-corpus.train.num_sentences // config.batch_size)
+    return batches, _steps_per_epoch(config, corpus)
 
 
 def _evaluator(config: LMConfig, corpus: Corpus, device: torch.device):
@@ -265,7 +301,7 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
     noise_gen = torch.Generator().manual_seed(config.seed + 1)  # noise words: the same on every rank
     position, guard, clock = Position(), DivergenceGuard(), TrainingClock(config.time_budget)
     wall = TrainingClock(None)  # wall-clock seconds of the run, evaluation included (never paused)
-    lr, best, sums, hidden, valid = config.lr, math.inf, {"tokens": 0, "seconds": 0.0}, None, {}
+    lr, best, sums, hidden, valid = config.lr, math.inf, {"tokens": 0, "seconds": 0.0}, None, {}  # lr: the peak
     stats, tokens_total = StepStats(), 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -278,7 +314,20 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
             sums, stats = state["sums"], StepStats(state["stats"])
             hidden = shard_state(_to_device(state["hidden"], device), context)
     parallel = DistributedLM(model, context)  # rank 0's parameters on every rank
-    set_lr(optimizer, lr)
+    steps_per_epoch = _steps_per_epoch(config, corpus)
+
+    def progress() -> float:
+        """How far the run is, for the schedule: the share of the time budget, or of all the steps. Several ranks
+        agree on a time share by averaging their clocks (a collective: called at the checks only)."""
+        if config.time_budget is None:
+            return position.step / (config.epochs * steps_per_epoch)
+        seconds = clock.seconds if context.world_size == 1 else context.mean(torch.tensor(clock.seconds)).item()
+        return seconds / config.time_budget
+
+    def update_lr() -> None:
+        set_lr(optimizer, scheduled_lr(lr, progress(), config.schedule, config.warmup, config.hold, config.lr_final))
+
+    update_lr()
     wall.run()
     context.barrier()  # every rank has read the checkpoint before rank 0 writes
     logger = run.start(config, position.epoch if state is not None else None) if main else None
@@ -314,6 +363,8 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
                            config.progress and main, initial=position.epoch_step)
         for i, (input, target, mask) in enumerate(bar, start=position.epoch_step):
             torch.manual_seed(_dropout_seed(config.seed, context.rank, position.step))
+            if config.time_budget is None or context.world_size == 1:
+                update_lr()  # ranks agree on a share of steps; on a share of time only at the checks (below)
             step = functools.partial(train_step, parallel, optimizer, config, input, target, mask, hidden, noise_gen,
                                      context)
             # several ranks: a failed all-reduce (a rank died) is re-raised naming this rank and the likely cause
@@ -330,6 +381,8 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
                 mean = stats.flush(reduce=context.mean)["loss"]  # the global running loss: the only device sync
                 guard.check(mean, f"in epoch {epoch}, steps {first}–{i + 1} of {total}", run.describe_checkpoint())
                 bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{sums['tokens'] / (clock.seconds - seconds_before):,.0f}")
+                if config.time_budget is not None and context.world_size > 1:
+                    update_lr()
             if stopped:
                 break
         bar.close()
@@ -342,15 +395,15 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
             break
         position.epoch, position.epoch_step, hidden = epoch, 0, None
         valid = score(model, corpus.valid)  # every rank evaluates (the same model and data: the same result)
-        if valid["ppl"] < best:
-            best = valid["ppl"]
+        if config.schedule == "plateau":
+            lr, best = plateau_lr(lr, best, valid["ppl"], config.lr_decay)
         else:
-            lr *= config.lr_decay
-            set_lr(optimizer, lr)
+            best = min(best, valid["ppl"])
+        update_lr()
         tokens_per_s, train_loss = sums["tokens"] / sums["seconds"], stats.epoch_means()["loss"]
         if main:
-            logger.log(epoch=epoch, train_loss=train_loss, lr=lr, tokens_per_s=tokens_per_s,
-                       train_seconds=clock.seconds, elapsed=wall.seconds, floor_ppl=floor,
+            logger.log(epoch=epoch, train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
+                       tokens_per_s=tokens_per_s, train_seconds=clock.seconds, elapsed=wall.seconds, floor_ppl=floor,
                        **{f"valid_{k}": v for k, v in valid.items() if k != "tokens"})
         report(f"epoch {epoch}: train loss {train_loss:.4f}  {tokens_per_s:,.0f} tok/s  "
                + _describe("valid", valid, floor))
@@ -358,16 +411,38 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
         checkpoint(epoch_start_rng)
 
     assert_identical(model, context, [order_gen, noise_gen])
+    norm_shift = _calibrate_norm(model, score, corpus.valid) if config.calibrate_norm else 0.0
+    if norm_shift:
+        report(f"norm calibrated on the validation split: shifted by {norm_shift:+.4f}")
     test = score(model, corpus.test)
     report(_describe("test", test, floor))
     result = {"epoch": position.epoch + (position.epoch_step > 0), "final": True, "partial": position.epoch_step > 0,
               **{f"test_{k}": v for k, v in test.items() if k != "tokens"}, "valid_ppl": valid.get("ppl"),
               "floor_ppl": floor, "train_seconds": clock.seconds, "steps": position.step,
               "tokens_per_s": tokens_total / clock.seconds if clock.seconds else 0.0, "elapsed": wall.seconds,
-              "world_size": context.world_size}
+              "norm_shift": norm_shift, "world_size": context.world_size}
     if main:
         logger.log(**result)
     return {**result, "epochs": position.epoch, "out": str(run.path)}
+
+
+def _steps_per_epoch(config: LMConfig, corpus: Corpus) -> int:
+    """Optimiser steps in one epoch (bptt chunks of the batchified stream, or batches of sentences)."""
+    if config.batch_mode == "concat":
+        return num_chunks(len(corpus.train) // config.batch_size, config.bptt)
+    return -(-corpus.train.num_sentences // config.batch_size)
+
+
+@torch.no_grad()
+def _calibrate_norm(model: torch.nn.Module, score: Any, split: Split) -> float:
+    """Shift the self-normalisation constant by the mean of log Z(context) − norm on ``split`` (evaluation mode),
+    so self-normalised scores centre on 0; returns the shift (0 for the full softmax, which has no norm)."""
+    owner = getattr(model, "output", model)
+    gap = score(model, split).get("log_z_gap_mean")
+    if gap is None or not isinstance(getattr(owner, "norm", None), torch.Tensor):
+        return 0.0
+    owner.norm.add_(gap)
+    return gap
 
 
 def _dropout_seed(seed: int, rank: int, step: int) -> int:
@@ -387,6 +462,9 @@ def train_step(parallel: DistributedLM, optimizer: Any, config: LMConfig, input:
     weight decay and clipping then act on touched rows only for sparse gradients.
     """
     device = context.device
+    output = getattr(parallel.model, "output", None)
+    if isinstance(output, SampledOutput):  # each rank keeps its rows' share of the global batch's noise draws
+        output.noise_shard = (context.rank, context.world_size, len(input))
     if mask is not None and context.world_size > 1 and len(mask) % context.world_size:
         input, target, mask = _pad_to_ranks(input, target, mask, context.world_size)
     input, target = (shard_rows(x, context.rank, context.world_size).to(device) for x in (input, target))
