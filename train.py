@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from ebm.data.download import CORPORA
 from ebm.data.toy import TOY_DATASETS
 from ebm.energy.train import EnergyConfig
 from ebm.harness import RUN_FIELDS, build_parser
@@ -20,7 +21,7 @@ from ebm.lm.train import LMConfig
 USAGE = """usage: python train.py --dataset NAME [options]
 
   toy 2D datasets (energy model):  {toy}
-  corpora (language model):        synthetic, ptb, wikitext-2, or a folder with train/valid/test.txt
+  corpora (language model):        synthetic, {corpora}, or a folder with train/valid/test.txt
 
   python train.py --dataset pinwheel --help     options of the energy model
   python train.py --dataset synthetic --help    options of the language model
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     dataset = _dataset_of(argv)
     if dataset is None and any(a in ("-h", "--help") for a in argv):
-        print(USAGE.format(toy=", ".join(TOY_DATASETS)))
+        print(USAGE.format(toy=", ".join(TOY_DATASETS), corpora=", ".join(CORPORA)))
         return 0
     energy = dataset is None or dataset in TOY_DATASETS
     own, other = (EnergyConfig, LMConfig) if energy else (LMConfig, EnergyConfig)
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if foreign:
         names = ", ".join(foreign)
         if dataset is None:
-            hint = ("they are language-model options: choose a corpus with --dataset "
-                    "(synthetic, ptb, wikitext-2 or a folder)")
+            hint = (f"they are language-model options: choose a corpus with --dataset "
+                    f"(synthetic, {', '.join(CORPORA)} or a folder)")
         elif energy:
             hint = f"they are language-model options, and --dataset {dataset} trains the 2D energy model"
         else:

@@ -101,8 +101,8 @@ def _check_norm(name: str, value: str | float) -> None:
 class LMConfig(RunConfig):
     """Everything a language-model run needs; validated on construction."""
 
-    dataset: str = option("synthetic", "synthetic, ptb, wikitext-2 (under --data-root) or a folder with "
-                          "train/valid/test.txt")
+    dataset: str = option("synthetic", f"synthetic, {', '.join(CORPORA)} (under --data-root; python -m "
+                          "ebm.data.download NAME fetches them) or a folder with train/valid/test.txt")
     data_root: str = option("datasets", "folder of the named corpora")
     min_freq: int = option(1, "training words seen fewer times become <unk>", check=positive)
     max_size: int | None = option(None, "largest vocabulary, <unk> and <eos> included", check=positive)
