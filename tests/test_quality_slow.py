@@ -9,15 +9,22 @@ import pytest
 from ebm.energy import EnergyConfig, train_energy
 from ebm.lm import LMConfig, train_lm
 
+KL_GOAL = 0.01  # nats: issue 9's goal for the best noise-contrastive estimator on the reference sets
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["rings", "2spirals"])
-def test_default_energy_recipe_learns_the_density_and_its_normaliser(tmp_path, dataset):
+def test_default_energy_recipe_reaches_the_kl_goal(tmp_path, dataset):
+    # The defaults are NCE against the fitted mixture with a 6 × 128 energy MLP, 5000 steps. Every seed measured
+    # (bench/bench_energy.py) lies well inside the goal on these two sets (rings 0.002–0.005, 2spirals
+    # 0.0015–0.0017), so another CPU's rounding, which changes the trajectory like another seed, still passes;
+    # 8gaussians is left out because one seed in three sits on a plateau until late (0.015).
     result = train_energy(
         EnergyConfig(dataset=dataset, device="cpu", out=str(tmp_path / "run"), frames="none", progress=False)
     )
-    assert 0 <= result["kl"] <= 0.05, f"KL gap {result['kl']:.4f} nats at default settings"
-    assert result["normaliser_error"] <= 0.03, f"normaliser error {result['normaliser_error']:.4f}"
+    # KL(p_data ‖ p_model) against the exact density on 100k test points: a standard error of about 0.0002 nats.
+    assert 0 <= result["kl"] <= KL_GOAL, f"KL {result['kl']:.4f} ± {result['kl_stderr']:.4f} nats"
+    assert result["normaliser_error"] <= KL_GOAL, f"normaliser error {result['normaliser_error']:.4f}"
 
 
 @pytest.mark.slow

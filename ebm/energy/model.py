@@ -32,7 +32,7 @@ class EnergyMLP(nn.Module):
         base: a module with ``log_prob(x)``: (B, 2) → (B,) (e.g. the noise), or None for a plain MLP energy.
     """
 
-    def __init__(self, width: int = 128, depth: int = 3, activation: str = "silu", base: nn.Module | None = None):
+    def __init__(self, width: int = 128, depth: int = 6, activation: str = "silu", base: nn.Module | None = None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")

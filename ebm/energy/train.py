@@ -87,7 +87,7 @@ class EnergyConfig(RunConfig, EstimatorOptions):
     noise_components: int = option(8, "components of the gmm noise", check=positive)
     noise_widen: float = option(1.5, "factor on the fitted noise covariances", check=positive)
     width: int = option(128, "hidden units per layer of the energy MLP", check=positive)
-    depth: int = option(3, "hidden layers of the energy MLP", check=positive)
+    depth: int = option(6, "hidden layers of the energy MLP", check=positive)
     activation: str = option("silu", "activation of the energy MLP", choices=tuple(ACTIVATIONS))
     base: str = option("noise", "noise: energy relative to the noise density (log p = log q − g − log_z); "
                        "none: a plain MLP (log p = −g − log_z)", choices=BASE_CHOICES)

@@ -144,8 +144,8 @@ class LMConfig(RunConfig):
     selfnorm_weight: float = option(0.0, "α of the self-normalisation penalty α·(log Z − norm)² on a sample of "
                                     "tokens (sampled losses)", check=non_negative)
     selfnorm_positions: int = option(16, "tokens per step whose exact log Z the penalty uses", check=positive)
-    calibrate_norm: bool = option(False, "after training, shift the norm to the mean log Z of training contexts "
-                                  "(self-normalised scores then centre on 0)")
+    calibrate_norm: bool = option(False, "after training, shift the norm to the mean log Z of the validation "
+                                  "contexts (self-normalised scores then centre on 0)")
     lr: float = option(4e-3, "peak learning rate", check=positive)
     schedule: str = option("cosine", "cosine / linear: constant until --hold, then decay to --lr-final·lr; "
                            "plateau: lr·--lr-decay whenever the validation perplexity does not improve",
