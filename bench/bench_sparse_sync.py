@@ -1,9 +1,10 @@
 """Bytes per step of the sparse-row gradient sync (ebm.lm.distributed) against a dense all-reduce.
 
 A realistic step on 2 gloo ranks of this CPU: an LSTM language model (embedding and hidden size 256, one layer)
-with an NCE output layer (k = 100 noise words shared by the batch and by the ranks), a global batch of 20×35
-tokens split into 2 shards of 10×35. Tokens and noise are drawn from a Zipf unigram p(r) ∝ 1/(r+1) over V (the
-shape of word frequencies in text), so a shard touches a few hundred distinct rows.
+with an NCE output layer (k = 100 noise words drawn once per global batch and shared by the ranks, or once per
+sequence as the LM does by default: --noise-sharing), a global batch of 20×35 tokens split into 2 shards of
+10×35. Tokens and noise are drawn from a Zipf unigram p(r) ∝ 1/(r+1) over V (the shape of word frequencies in
+text), so a shard touches a few hundred (shared noise) to about a thousand (noise per sequence) distinct rows.
 
 For every row-synchronised parameter (input embedding V×256, output embedding V×256, output bias V) it prints:
   rows      distinct rows this rank touched (n_r, after coalescing) and the union over ranks
@@ -65,7 +66,7 @@ def _measure(context: DistributedContext, action) -> tuple[float, int | None, ob
     return seconds, (after - before) // WORLD if before is not None else None, result
 
 
-def worker(rank: int, port: int, vocab: int, steps: int, results) -> None:
+def worker(rank: int, port: int, vocab: int, steps: int, sharing: str, results) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -73,7 +74,9 @@ def worker(rank: int, port: int, vocab: int, steps: int, results) -> None:
         torch.manual_seed(0)
         counts = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)  # Zipf
         words = AliasSampler.from_counts(counts)
-        output = SampledOutput(in_features=HIDDEN, vocab_size=vocab, noise=counts, loss="nce", noise_ratio=K)
+        output = SampledOutput(in_features=HIDDEN, vocab_size=vocab, noise=counts, loss="nce", noise_ratio=K,
+                               noise_sharing=sharing)
+        output.noise_shard = (context.rank, WORLD, BATCH)  # each rank keeps its rows of the global batch's draws
         model = RNNLM(vocab, output, emb_size=HIDDEN, hidden_size=HIDDEN, num_layers=1, dropout=0.0, cell="lstm")
         parallel = DistributedLM(model, context)
         names = {id(p): name for name, p in model.named_parameters()}
@@ -99,7 +102,7 @@ def worker(rank: int, port: int, vocab: int, steps: int, results) -> None:
         row_ids = {id(p) for p in parallel.rows}
         lstm = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in row_ids)
         if context.is_main:
-            results.put({"vocab": vocab, "names": [names[id(p)] for p in parallel.rows],
+            results.put({"vocab": vocab, "sharing": sharing, "names": [names[id(p)] for p in parallel.rows],
                          "shapes": [tuple(p.shape) for p in parallel.rows], "records": records,
                          "dense_s": dense_s, "dense_lo": dense_lo, "lstm_bytes": lstm})
 
@@ -112,7 +115,8 @@ def _free_port() -> int:
 
 def report(result: dict) -> None:
     vocab, records = result["vocab"], result["records"]
-    print(f"\n### V = {vocab:,}: {WORLD} gloo ranks, global batch {BATCH}×{BPTT}, k = {K} shared noise, "
+    print(f"\n### V = {vocab:,}: {WORLD} gloo ranks, global batch {BATCH}×{BPTT}, k = {K} noise words per "
+          f"{result['sharing']}, "
           f"hidden {HIDDEN} (median over {len(records)} steps)\n")
     print("| parameter | rows per rank (max) | rows, union | sparse bytes/rank | dense bytes/rank | sparse/dense |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -149,12 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--noise-sharing", nargs="+", choices=("batch", "sequence"), default=["batch", "sequence"],
+                        help="one noise draw per global batch (shared by the ranks), or one per sequence (the LM's "
+                             "default: more distinct rows per step)")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    for vocab in args.vocab:
-        results = mp.get_context("spawn").SimpleQueue()
-        mp.spawn(worker, args=(_free_port(), vocab, args.steps, results), nprocs=WORLD)
-        report(results.get())
+    for sharing in args.noise_sharing:
+        for vocab in args.vocab:
+            results = mp.get_context("spawn").SimpleQueue()
+            mp.spawn(worker, args=(_free_port(), vocab, args.steps, sharing, results), nprocs=WORLD)
+            report(results.get())
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
