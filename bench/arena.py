@@ -40,9 +40,9 @@ one after the other, each in both modes, the five reference sets first). A run s
 divergence guard is recorded with KL = +inf. Seed 0's learned density on a 96² grid goes to
 bench/results/arena_<mode>_densities.npz (uint8, relative to its maximum) for the figures. The tables (median KL
 over seeds with the worst seed in brackets, the normaliser error where log Z is learned, steps, training
-seconds, s/run) are printed and written to bench/results/arena_<mode>.md; the figures (contestants as rows,
-datasets as columns, seed 0's density with the median KL) go to images/arena.png (equal steps) and
-images/arena_time.png (equal time), and a KL heat map of both modes to images/arena_kl.png.
+seconds, s/run) are printed and written to bench/results/arena_<mode>.md; the figure of the equal-steps runs
+(contestants as rows, datasets as columns, seed 0's density with the median KL) goes to images/arena.png, and a
+KL heat map of both modes to images/arena_kl.png (notebook 04 draws the equal-time densities too).
 """
 
 from __future__ import annotations
@@ -480,7 +480,8 @@ def report(seconds: float) -> None:
         text = f"{header(mode, rows)}\n\n{table(rows)}\n\n{long_table(rows)}\n"
         (RESULTS / f"arena_{mode}.md").write_text(text)
         print(f"## {mode}\n\n{header(mode, rows)}\n\n{table(rows)}\n")
-        density_figure(mode, rows, IMAGES / ("arena.png" if mode == "steps" else "arena_time.png"))
+        if mode == "steps":  # the equal-time densities look alike; notebook 04 shows both
+            density_figure(mode, rows, IMAGES / "arena.png")
     if any(by_mode.values()):
         heatmap_figure(by_mode, IMAGES / "arena_kl.png")
 

@@ -95,7 +95,7 @@ class _NoOutput(torch.nn.Module):
 
     loss = "none"
 
-    def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, target: torch.Tensor, generator=None) -> torch.Tensor:
         return features.pow(2).mean()
 
     def sparse_parameters(self) -> list[torch.nn.Parameter]:

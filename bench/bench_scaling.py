@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2"
 MODEL = ["--num-layers", "2", "--emb-size", "200", "--hidden-size", "200", "--batch-size", "20", "--bptt", "35",
-         "--loss", "nce", "--noise-ratio", "100", "--lr", "2e-3", "--threads", "1", "--device", "cpu",
+         "--loss", "nce", "--noise-ratio", "100", "--threads", "1", "--device", "cpu",
          "--no-progress"]
 
 
