@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=("wikitext-2", "synthetic"),
                         default="wikitext-2" if (WIKITEXT / "valid.txt").exists() else "synthetic")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=20, help="the global batch (sequences per step)")
     args = parser.parse_args(argv)
-    base = [*_dataset(args.dataset), *MODEL]
+    base = [*_dataset(args.dataset), *MODEL, "--batch-size", str(args.batch_size)]  # the last flag wins
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 other = _row(f"--{flag}", _run([*base, "--epochs", "2", f"--{flag}"], tmp / flag))
                 rows += [plain, {**other, "speed-up": other["tokens_per_s"] / plain["tokens_per_s"],
                                  "ppl ratio": other["test_ppl"] / plain["test_ppl"]}]
-    lines = [f"dataset {args.dataset}, load average {os.getloadavg()[0]:.1f}", "",
+    lines = [f"dataset {args.dataset}, global batch {args.batch_size}, load average {os.getloadavg()[0]:.1f}", "",
              "| run | tokens/s | first epoch s | test ppl | speed-up | ppl ratio |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['tokens_per_s']:,.0f} | {r['first_epoch_s']:.0f} | {r['test_ppl']:.2f} | "
