@@ -200,8 +200,15 @@ class DistributedContext:
     def __enter__(self) -> DistributedContext:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # After a failure the group is left for the process's exit to tear down: destroying it while a failed
+        # collective's gloo thread still releases tensors can deadlock (seen in CI: ~ProcessGroupGloo joins a
+        # run-loop thread that waits for the GIL the destructor holds). The sockets close when the process ends,
+        # so peers still get their error.
+        self.backend = None
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
