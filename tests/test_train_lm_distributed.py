@@ -141,9 +141,17 @@ def test_a_rank_that_dies_stops_the_others_and_keeps_the_last_checkpoint(tmp_pat
     config = _config(tmp_path / "run", epochs=3, log_interval=1, dist_timeout=20.0)
     steps_per_epoch = 4000 // TINY["batch_size"] // TINY["bptt"]  # about 49: die early in epoch 2
     queue = multiprocessing.get_context(START).SimpleQueue()
-    with pytest.raises(mp.ProcessRaisedException):
-        mp.start_processes(_dying_rank, args=(_free_port(), config, steps_per_epoch + 3, queue), nprocs=WORLD,
-                           start_method=START)
+    # Each rank is awaited on its own: start_processes' join would SIGTERM rank 0 as soon as rank 1 fails,
+    # before rank 0 can show that it stops by itself.
+    ranks = mp.start_processes(_dying_rank, args=(_free_port(), config, steps_per_epoch + 3, queue), nprocs=WORLD,
+                               start_method=START, join=False)
+    for process in ranks.processes:
+        process.join(timeout=120)
+    exit_codes = [process.exitcode for process in ranks.processes]
+    for process in ranks.processes:
+        if process.is_alive():
+            process.kill()
+    assert exit_codes == [1, 1]  # both stopped by themselves, neither hangs
     seen = {}
     while not queue.empty():
         rank, kind, message = queue.get()
