@@ -19,3 +19,28 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seeded():
     seed_everything(1234)
+
+
+@pytest.fixture
+def crash_at_second_save(monkeypatch):
+    """``crash(train)`` runs ``train()`` killed while writing its second checkpoint (KeyboardInterrupt, as a crash
+    mid-write; the training code of both settings saves through ``RunFolder.save``), then restores the real save."""
+    from ebm.harness import RunFolder
+
+    real_save = RunFolder.save
+
+    def crash(train):
+        calls = []
+
+        def crash_on_second_save(self, state):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            real_save(self, state)
+
+        monkeypatch.setattr(RunFolder, "save", crash_on_second_save)
+        with pytest.raises(KeyboardInterrupt):
+            train()
+        monkeypatch.setattr(RunFolder, "save", real_save)
+
+    return crash

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import ebm.energy.estimators.contrastive as contrastive
-import ebm.energy.train as train_module
 import ebm.harness.loop as loop_module
 from ebm.energy import EnergyConfig, load_model, train_energy
 from ebm.harness import TrainingDiverged
@@ -62,20 +61,9 @@ def test_a_shorter_rerun_leaves_no_stale_frames(tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "run" / "metrics.jsonl")] == [1, 1]
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, crash_at_second_save):
     full = train_energy(_config(tmp_path, "full"))
-    real_save, calls = train_module.RunFolder.save, []
-
-    def crash_on_second_save(self, state):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
-        real_save(self, state)
-
-    monkeypatch.setattr(train_module.RunFolder, "save", crash_on_second_save)
-    with pytest.raises(KeyboardInterrupt):
-        train_energy(_config(tmp_path, "cut"))
-    monkeypatch.setattr(train_module.RunFolder, "save", real_save)
+    crash_at_second_save(lambda: train_energy(_config(tmp_path, "cut")))  # killed while saving epoch 2
     resumed = train_energy(_config(tmp_path, "cut", resume=True))
     assert _same_parameters(tmp_path / "runs" / "full", tmp_path / "runs" / "cut" / "checkpoint.pt")
     assert resumed["kl"] == full["kl"] and resumed["log_z"] == full["log_z"]
@@ -209,24 +197,13 @@ FAST_ESTIMATORS = dict(fce_pretrain_steps=20, cd_buffer=256, cd_steps=3, mle_res
 
 
 @pytest.mark.parametrize("estimator", ["nce", "rnce", "ence", "cnce", "fce", "dsm", "ssm", "cd", "mle"])
-def test_every_estimator_trains_and_resumes_exactly(tmp_path, monkeypatch, estimator):
+def test_every_estimator_trains_and_resumes_exactly(tmp_path, crash_at_second_save, estimator):
     """A crash after epoch 1 and a resume give the uninterrupted run: the estimator's state (CD's chains, FCE's
     flow and its optimiser, the noise) travels in the checkpoint."""
     changes = dict(estimator=estimator, epochs=2, **FAST_ESTIMATORS)
     full = train_energy(_config(tmp_path, "full", **changes))
     assert full["learns_log_z"] == (estimator in ("nce", "ence", "fce")) and math.isfinite(full["kl"])
-    real_save, calls = train_module.RunFolder.save, []
-
-    def crash_on_second_save(self, state):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real_save(self, state)
-
-    monkeypatch.setattr(train_module.RunFolder, "save", crash_on_second_save)
-    with pytest.raises(KeyboardInterrupt):
-        train_energy(_config(tmp_path, "cut", **changes))
-    monkeypatch.setattr(train_module.RunFolder, "save", real_save)
+    crash_at_second_save(lambda: train_energy(_config(tmp_path, "cut", **changes)))
     resumed = train_energy(_config(tmp_path, "cut", resume=True, **changes))
     assert _same_parameters(tmp_path / "runs" / "full", tmp_path / "runs" / "cut")
     assert resumed["kl"] == full["kl"]

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import ebm.harness.loop as loop_module
-import ebm.lm.train as train_module
 from ebm.data.corpus import EOS, UNK
 from ebm.harness import TrainingDiverged
 from ebm.lm.evaluate import evaluate_sentences
@@ -48,20 +47,9 @@ def test_short_run_beats_the_unigram_model_and_writes_metrics(tmp_path):
     assert {"valid_log_z_gap_mean", "valid_log_z_gap_std", "valid_ppl_selfnorm", "tokens_per_s"} <= set(records[0])
 
 
-def test_resume_after_a_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_a_crash_equals_uninterrupted_run(tmp_path, crash_at_second_save):
     straight = train_lm(config(tmp_path / "a", epochs=2, dropout=0.2))
-    real_save, calls = train_module.RunFolder.save, []
-
-    def crash_on_second_save(self, state):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
-        real_save(self, state)
-
-    monkeypatch.setattr(train_module.RunFolder, "save", crash_on_second_save)
-    with pytest.raises(KeyboardInterrupt):
-        train_lm(config(tmp_path / "b", epochs=2, dropout=0.2))
-    monkeypatch.setattr(train_module.RunFolder, "save", real_save)
+    crash_at_second_save(lambda: train_lm(config(tmp_path / "b", epochs=2, dropout=0.2)))  # killed in epoch 2's save
     resumed = train_lm(config(tmp_path / "b", epochs=2, dropout=0.2, resume=True))
     assert resumed["test_ppl"] == straight["test_ppl"]
     a, b = load_lm(tmp_path / "a" / "run").model.state_dict(), load_lm(tmp_path / "b" / "run").model.state_dict()

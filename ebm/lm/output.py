@@ -287,8 +287,8 @@ class SampledOutput(nn.Module):
             emb_noise = emb_noise.reshape(groups, k, self.in_features)  # (G, k, H)
             score_noise = torch.baddbmm(bias_noise.reshape(groups, 1, k), h_groups, emb_noise.transpose(1, 2))
             score_noise = score_noise.reshape(n, k)  # (N, k)
-            hits_noise = noise.repeat_interleave(per_group, dim=0)  # (N, k)
-            log_q_noise = self.noise.log_prob(hits_noise, check=False)  # (N, k)
+            log_q_noise = self.noise.log_prob(noise, check=False).repeat_interleave(per_group, dim=0)  # (N, k)
+            hits_noise = noise.repeat_interleave(per_group, dim=0) if self.remove_accidental_hits else None
         hits = hits_noise == t.unsqueeze(1) if self.remove_accidental_hits else None  # (N, k)
         norm = self.norm.float()
         return SAMPLED_LOSSES[self._loss](

@@ -411,7 +411,11 @@ def _train(config: LMConfig, context: DistributedContext) -> dict[str, Any]:
         checkpoint(epoch_start_rng)
 
     assert_identical(model, context, [order_gen, noise_gen])
-    norm_shift = _calibrate_norm(model, score, corpus.valid) if config.calibrate_norm else 0.0
+    if config.calibrate_norm:  # the last epoch's validation scores are still current unless training went on
+        current = valid if valid and position.epoch_step == 0 else score(model, corpus.valid)
+        norm_shift = _calibrate_norm(model, current)
+    else:
+        norm_shift = 0.0
     if norm_shift:
         report(f"norm calibrated on the validation split: shifted by {norm_shift:+.4f}")
     test = score(model, corpus.test)
@@ -434,11 +438,12 @@ def _steps_per_epoch(config: LMConfig, corpus: Corpus) -> int:
 
 
 @torch.no_grad()
-def _calibrate_norm(model: torch.nn.Module, score: Any, split: Split) -> float:
-    """Shift the self-normalisation constant by the mean of log Z(context) − norm on ``split`` (evaluation mode),
-    so self-normalised scores centre on 0; returns the shift (0 for the full softmax, which has no norm)."""
+def _calibrate_norm(model: torch.nn.Module, valid: dict[str, Any]) -> float:
+    """Shift the self-normalisation constant by the mean of log Z(context) − norm in the validation scores
+    ``valid`` of this model, so self-normalised scores centre on 0; returns the shift (0 for the full softmax,
+    which has no norm)."""
     owner = getattr(model, "output", model)
-    gap = score(model, split).get("log_z_gap_mean")
+    gap = valid.get("log_z_gap_mean")
     if gap is None or not isinstance(getattr(owner, "norm", None), torch.Tensor):
         return 0.0
     owner.norm.add_(gap)
