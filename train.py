@@ -14,9 +14,9 @@ import sys
 
 from ebm.data.download import CORPORA
 from ebm.data.toy import TOY_DATASETS
-from ebm.energy.train import EnergyConfig
+from ebm.energy.config import EnergyConfig
 from ebm.harness import RUN_FIELDS, build_parser
-from ebm.lm.train import LMConfig
+from ebm.lm.config import LMConfig
 
 USAGE = """usage: python train.py --dataset NAME [options]
 

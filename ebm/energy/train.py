@@ -16,36 +16,27 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from ebm.data.toy import EXACT_DATASETS, TOY_DATASETS, log_prob, sample
+from ebm.data.toy import EXACT_DATASETS, log_prob, sample
 from ebm.energy.chasm import chasm_warning
-from ebm.energy.estimators import (
-    ESTIMATOR_OPTION_FIELDS,
-    ESTIMATORS,
-    Estimator,
-    EstimatorOptions,
-    empty_estimator,
-    make_estimator,
-)
+from ebm.energy.config import EnergyConfig
+from ebm.energy.estimators import Estimator, empty_estimator, estimator_class, make_estimator
 from ebm.energy.evaluate import Grid, density_metrics, grid_log_prob
-from ebm.energy.model import ACTIVATIONS, EnergyMLP
-from ebm.energy.noise import NOISE_CHOICES, empty_noise, make_noise
+from ebm.energy.model import EnergyMLP
+from ebm.energy.noise import empty_noise, make_noise
 from ebm.energy.plot import DensityFigure
 from ebm.harness import (
     DivergenceGuard,
     Position,
-    RunConfig,
     RunFolder,
     StepStats,
     TrainingClock,
     checkpoint_path,
     from_dict,
-    option,
-    positive,
     progress_bar,
     say,
     set_threads,
@@ -53,65 +44,6 @@ from ebm.harness import (
 from ebm.utils import get_device, get_rng_state, load_checkpoint, seed_everything, set_rng_state
 
 EPOCH_EVAL_POINTS = 10_000  # test points scored each epoch; the paired KL estimate's error is then ≈ 0.003
-BASE_CHOICES = ("noise", "none")
-NOISE_CONTRASTIVE = ("nce", "rnce", "ence")  # the estimators that classify data against --noise
-
-
-def _even_resolution(name: str, value: int) -> None:
-    if value < 2 or value % 2:
-        raise ValueError(f"{name} must be an even integer ≥ 2, got {value}")
-
-
-@dataclass
-class EnergyConfig(RunConfig, EstimatorOptions):
-    """Everything that defines a 2D run (saved as ``config.json`` and in the checkpoint).
-
-    The estimators' own options (``cd_steps``, ``fce_rule``, …) and ``noise_ratio`` come from
-    ``EstimatorOptions``.
-    """
-
-    option_groups = {"estimator options": ESTIMATOR_OPTION_FIELDS}
-
-    dataset: str = option("8gaussians", "toy 2D distribution", choices=TOY_DATASETS)
-    estimator: str = option("nce", "nce, rnce (ranking NCE), ence (eNCE), cnce (conditional NCE), fce (flow "
-                            "contrastive), dsm / ssm (denoising / sliced score matching), cd (contrastive divergence), "
-                            "mle (grid maximum likelihood)", choices=ESTIMATORS)
-    epochs: int = option(20, "epochs; each ends with an evaluation, a frame and a checkpoint", check=positive)
-    samples: int = option(64_000, "fresh data points per epoch (steps per epoch = samples / batch size)",
-                          check=positive)
-    batch_size: int = option(256, "data points per step", check=positive)
-    lr: float = option(5e-3, "Adam's peak learning rate, decayed to 0 by a cosine over all steps", check=positive)
-    noise: str = option("gmm", "gaussian: the seed's N(0, 4I); fitted: the data's Gaussian; gmm: a fitted mixture "
-                        "plus a broad defensive component; flow: a spline flow fitted by maximum likelihood",
-                        choices=NOISE_CHOICES)
-    noise_components: int = option(8, "components of the gmm noise", check=positive)
-    noise_widen: float = option(1.5, "factor on the fitted noise covariances", check=positive)
-    width: int = option(128, "hidden units per layer of the energy MLP", check=positive)
-    depth: int = option(6, "hidden layers of the energy MLP", check=positive)
-    activation: str = option("silu", "activation of the energy MLP", choices=tuple(ACTIVATIONS))
-    base: str = option("noise", "noise: energy relative to the noise density (log p = log q − g − log_z); "
-                       "none: a plain MLP (log p = −g − log_z)", choices=BASE_CHOICES)
-    eval_points: int = option(100_000, "fresh test points for the final NLL and KL (each epoch scores up to 10k)",
-                              check=positive)
-    resolution: int = option(128, "grid cells per side for each epoch's evaluation and frame; the final uses 2×",
-                             check=_even_resolution)
-    frames: str = option("", "frame folder ('' = <run folder>/frames, 'none' = no frames)", resumable=True)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if round(self.noise_ratio * self.batch_size) < 1:
-            raise ValueError(f"noise_ratio × batch_size must give at least one noise point per step, got "
-                             f"{self.noise_ratio} × {self.batch_size}")
-        if self.estimator in ("rnce", "cnce") and self.noise_ratio != round(self.noise_ratio):
-            raise ValueError(f"{self.estimator} draws a whole number of noise points per data point; "
-                             f"noise_ratio {self.noise_ratio} is not one")
-
-    def run_name(self) -> str:
-        return self.dataset if self.estimator == "nce" else f"{self.dataset}-{self.estimator}"
-
-    def run_folder(self) -> RunFolder:
-        frames = None if self.frames == "none" else (self.frames or "frames")
-        return RunFolder(self.run_dir, frames)
 
 
 def cosine_lr(step: int, total_steps: int, peak: float) -> float:
@@ -172,7 +104,7 @@ def train_energy(config: EnergyConfig) -> dict[str, Any]:
         noise = make_noise(config.noise, fit_points, config.noise_components, config.noise_widen, config.seed)
         estimator = make_estimator(config.estimator, config, noise, fit_points, config.seed)
         warning = chasm_warning(config.dataset, config.noise, fit_points, noise) \
-            if config.estimator in NOISE_CONTRASTIVE else None
+            if estimator_class(config.estimator).contrasts_noise else None
     else:
         noise = empty_noise(config.noise, config.noise_components)
         noise.load_state_dict(state["noise"])
@@ -285,7 +217,7 @@ def _epoch_metrics(model: EnergyMLP, config: EnergyConfig, grid: Grid, test: tor
 
 
 def _title(config: EnergyConfig) -> str:
-    ratio = f" ν={config.noise_ratio:g}" if config.estimator in (*NOISE_CONTRASTIVE, "fce", "cnce") else ""
+    ratio = f" ν={config.noise_ratio:g}" if estimator_class(config.estimator).uses_noise_ratio else ""
     return f"{config.dataset}, {config.estimator}{ratio}, noise {config.noise}"
 
 
@@ -311,4 +243,4 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> EnergyMLP:
     return model.to(get_device(device)).eval()
 
 
-__all__ = ["BASE_CHOICES", "EnergyConfig", "build_model", "cosine_lr", "load_model", "train_energy", "train_step"]
+__all__ = ["EnergyConfig", "build_model", "cosine_lr", "load_model", "train_energy", "train_step"]

@@ -10,6 +10,10 @@
     cd    contrastive divergence with persistent Langevin chains                   log Z free
     mle   maximum likelihood, log Z on a randomly shifted grid (the reference)     log Z free
 
+Each class carries its own facts (``learns_log_z``, ``contrasts_noise``, ``uses_noise_ratio``, ``whole_ratio``)
+and builds itself from the options (``build``); ``ESTIMATORS`` maps names to classes. Adding an estimator is one
+class with ``name``, its facts, ``build`` and ``loss``, and one entry in ``ESTIMATORS``.
+
 Usage in a training loop (one loop for all of them):
 
     estimator = make_estimator(name, options, noise=noise, fit_points=fit_points, seed=seed).to(device)
@@ -27,15 +31,12 @@ from dataclasses import dataclass, fields
 from torch import Tensor, nn
 
 from ebm.energy.estimators.base import Estimator, check_probability
-from ebm.energy.estimators.contrastive import NCE, ConditionalNCE, ExponentialNCE, RankingNCE, silverman_bandwidth
+from ebm.energy.estimators.contrastive import NCE, ConditionalNCE, ExponentialNCE, RankingNCE
 from ebm.energy.estimators.contrastive_divergence import ContrastiveDivergence
 from ebm.energy.estimators.flow_contrastive import FCE_RULES, FlowContrastiveEstimation
-from ebm.energy.estimators.grid_likelihood import GridMaximumLikelihood, box_bound
+from ebm.energy.estimators.grid_likelihood import GridMaximumLikelihood
 from ebm.energy.estimators.score_matching import DenoisingScoreMatching, SlicedScoreMatching
-from ebm.energy.flow import FlowNoise, fit_flow_noise
 from ebm.harness.config import non_negative, option, positive, validate
-
-ESTIMATORS = ("nce", "rnce", "ence", "cnce", "fce", "dsm", "ssm", "cd", "mle")
 
 
 def _open_unit(name: str, value: float) -> None:
@@ -80,36 +81,18 @@ class EstimatorOptions:
 ESTIMATOR_OPTION_FIELDS = tuple(f.name for f in fields(EstimatorOptions) if f.name != "noise_ratio")
 
 
-def _build(
-    name: str, options: EstimatorOptions, noise: nn.Module | None, fit_points: Tensor | None, seed: int
-) -> Estimator:
-    """The estimator ``name``; with ``fit_points`` None, placeholders stand in for what is fitted to the data."""
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.name: cls
+    for cls in (NCE, RankingNCE, ExponentialNCE, ConditionalNCE, FlowContrastiveEstimation, DenoisingScoreMatching,
+                SlicedScoreMatching, ContrastiveDivergence, GridMaximumLikelihood)
+}
+
+
+def estimator_class(name: str) -> type[Estimator]:
+    """The class registered as ``name`` (its facts: ``learns_log_z``, ``contrasts_noise``, …)."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
-    fitted = fit_points is not None
-    if name == "nce":
-        return NCE(noise, options.noise_ratio)
-    if name == "rnce":
-        return RankingNCE(noise, options.noise_ratio)
-    if name == "ence":
-        return ExponentialNCE(noise, options.noise_ratio)
-    if name == "cnce":
-        epsilon = options.cnce_epsilon or (silverman_bandwidth(fit_points) if fitted else 1.0)
-        return ConditionalNCE(epsilon, options.noise_ratio)
-    if name == "fce":
-        flow = fit_flow_noise(fit_points, options.fce_pretrain_steps, seed) if fitted else FlowNoise.empty()
-        return FlowContrastiveEstimation(
-            flow, options.noise_ratio, options.fce_rule, options.fce_threshold, options.fce_lr
-        )
-    if name == "dsm":
-        return DenoisingScoreMatching(options.dsm_sigma)
-    if name == "ssm":
-        return SlicedScoreMatching(options.ssm_projections)
-    if name == "cd":
-        return ContrastiveDivergence(
-            noise, options.cd_buffer, options.cd_steps, options.cd_step_size, options.cd_reinit
-        )
-    return GridMaximumLikelihood(box_bound(fit_points) if fitted else 1.0, options.mle_resolution)
+    return ESTIMATORS[name]
 
 
 def make_estimator(
@@ -119,22 +102,21 @@ def make_estimator(
     fit_points: Tensor | None = None,
     seed: int = 0,
 ) -> Estimator:
-    """Build the estimator ``name`` (one of ESTIMATORS), on the CPU.
+    """Build the estimator ``name`` (a key of ESTIMATORS), on the CPU.
 
     Args:
         options: the options (defaults when None).
         noise: the noise q (``sample(shape, generator)``, ``log_prob(x)``): required by nce, rnce, ence (as q)
             and cd (where chains start and restart); ignored by the others (fce brings its own flow).
-        fit_points: (N, 2) data the noise was fitted on: required by fce (its flow is fitted to them by
+        fit_points: (N, D) data the noise was fitted on: required by fce (its flow is fitted to them by
             maximum likelihood, ``fce_pretrain_steps`` steps, seed ``seed``), mle (its grid's box) and cnce
             with ``cnce_epsilon = 0`` (Silverman's bandwidth of them).
         seed: seeds fce's flow fit.
     """
-    options = options or EstimatorOptions()
-    needs_points = name in ("fce", "mle") or (name == "cnce" and options.cnce_epsilon == 0)
-    if needs_points and fit_points is None:
+    cls, options = estimator_class(name), options or EstimatorOptions()
+    if fit_points is None and cls.needs_fit_points(options):
         raise ValueError(f"estimator {name!r} needs fit_points (the data its parts are fitted to)")
-    return _build(name, options, noise, fit_points, seed)
+    return cls.build(options, noise, fit_points, seed)
 
 
 def empty_estimator(name: str, options: EstimatorOptions | None = None, noise: nn.Module | None = None) -> Estimator:
@@ -142,7 +124,7 @@ def empty_estimator(name: str, options: EstimatorOptions | None = None, noise: n
 
     Move it to its device first, then load (FCE's optimiser state follows its parameters' device at load).
     """
-    return _build(name, options or EstimatorOptions(), noise, None, 0)
+    return estimator_class(name).build(options or EstimatorOptions(), noise, None, 0)
 
 
 __all__ = [
@@ -151,5 +133,6 @@ __all__ = [
     "Estimator",
     "EstimatorOptions",
     "empty_estimator",
+    "estimator_class",
     "make_estimator",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -32,13 +32,34 @@ class LogDensityModel(Protocol):
 class Estimator(nn.Module, ABC):
     """Base class: an objective for an energy model, chosen by ``name``.
 
+    Each class carries its own facts, which the training loop reads instead of lists of names:
+
+    ``name``: its ``--estimator`` name (the registry ``ebm.energy.estimators.ESTIMATORS`` maps names to classes).
     ``learns_log_z``: True when the objective fixes the model's ``log_z`` (NCE, eNCE, FCE); False when log Z
     cancels from it (its ``log_z`` gets no or zero gradient) and the density must be normalised on a grid
     for evaluation.
+    ``contrasts_noise``: it classifies data against the ``--noise`` distribution (so the density chasm between
+    data and noise matters, and a run warns about it).
+    ``uses_noise_ratio``: it draws ν noise points per data point (``noise_ratio``).
+    ``whole_ratio``: it needs a whole number of noise points per data point.
     """
 
     name: ClassVar[str]
     learns_log_z: ClassVar[bool]
+    contrasts_noise: ClassVar[bool] = False
+    uses_noise_ratio: ClassVar[bool] = False
+    whole_ratio: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        """The estimator for ``options`` (an ``EstimatorOptions``); with ``fit_points`` None, placeholders stand in
+        for what is fitted to the data (filled by ``load_state_dict``)."""
+
+    @classmethod
+    def needs_fit_points(cls, options: Any) -> bool:
+        """Whether ``build`` needs the data its parts are fitted to."""
+        return False
 
     @abstractmethod
     def loss(

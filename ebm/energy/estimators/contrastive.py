@@ -6,7 +6,7 @@ the log-densities to a pure objective of ``ebm.nce``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,12 +35,17 @@ class _AgainstNoise(Estimator):
     """An estimator that contrasts the data with points of a fixed noise q (``sample``, ``log_prob``), ν per data
     point; ``whole_ratio`` estimators draw a whole number of noise points for each data point."""
 
-    whole_ratio: ClassVar[bool] = False
+    contrasts_noise = True
+    uses_noise_ratio = True
 
     def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
         super().__init__()
         self.noise = check_noise(self.name, noise)
         self.noise_ratio = (check_whole_ratio if self.whole_ratio else check_positive_float)("noise_ratio", noise_ratio)
+
+    @classmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        return cls(noise, options.noise_ratio)
 
     def _noise_points(self, data: Tensor, generator: torch.Generator | None) -> Tensor:
         """ν points per data point: (B, ν, 2) for whole-ratio estimators, else round(ν·B) points (M, 2)."""
@@ -132,6 +137,17 @@ class ConditionalNCE(Estimator):
 
     name = "cnce"
     learns_log_z = False
+    uses_noise_ratio = True
+    whole_ratio = True
+
+    @classmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        epsilon = options.cnce_epsilon or (silverman_bandwidth(fit_points) if fit_points is not None else 1.0)
+        return cls(epsilon, options.noise_ratio)
+
+    @classmethod
+    def needs_fit_points(cls, options: Any) -> bool:
+        return options.cnce_epsilon == 0
 
     def __init__(self, epsilon: float, noise_ratio: float = 4.0):
         super().__init__()

@@ -8,6 +8,8 @@ steps. Each step takes B distinct chains from a buffer, restarts each from the n
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +46,11 @@ class ContrastiveDivergence(Estimator):
 
     name = "cd"
     learns_log_z = False
+
+    @classmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        """Chains start and restart from ``noise``."""
+        return cls(noise, options.cd_buffer, options.cd_steps, options.cd_step_size, options.cd_reinit)
 
     def __init__(
         self,

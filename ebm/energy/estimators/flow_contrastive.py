@@ -16,8 +16,10 @@ Alternation rules:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ebm.energy.estimators.base import (
     Estimator,
@@ -26,7 +28,7 @@ from ebm.energy.estimators.base import (
     check_positive_float,
     check_probability,
 )
-from ebm.energy.flow import FlowNoise
+from ebm.energy.flow import FlowNoise, fit_flow_noise
 from ebm.nce import classifier_accuracy, nce_logit, nce_objective
 
 FCE_RULES = ("accuracy", "both")
@@ -42,6 +44,18 @@ class FlowContrastiveEstimation(Estimator):
 
     name = "fce"
     learns_log_z = True
+    uses_noise_ratio = True
+
+    @classmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        """Its own flow, fitted to ``fit_points`` by maximum likelihood (``fce_pretrain_steps``, seed ``seed``)."""
+        flow = fit_flow_noise(fit_points, options.fce_pretrain_steps, seed) if fit_points is not None \
+            else FlowNoise.empty()
+        return cls(flow, options.noise_ratio, options.fce_rule, options.fce_threshold, options.fce_lr)
+
+    @classmethod
+    def needs_fit_points(cls, options: Any) -> bool:
+        return True
 
     def __init__(
         self,

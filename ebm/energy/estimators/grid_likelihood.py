@@ -12,9 +12,10 @@ the likelihood up to quadrature; ``log_z`` cancels.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, check_positive_float, uniform
 
@@ -41,6 +42,15 @@ class GridMaximumLikelihood(Estimator):
 
     name = "mle"
     learns_log_z = False
+
+    @classmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        """A grid over the box of ``fit_points`` (``box_bound``)."""
+        return cls(box_bound(fit_points) if fit_points is not None else 1.0, options.mle_resolution)
+
+    @classmethod
+    def needs_fit_points(cls, options: Any) -> bool:
+        return True
 
     def __init__(self, bound: float, resolution: int = 64):
         super().__init__()

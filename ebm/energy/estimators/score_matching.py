@@ -15,9 +15,10 @@ Both need gradients with respect to x that stay differentiable in the parameters
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ebm.energy.estimators.base import (
     Estimator,
@@ -60,6 +61,10 @@ class DenoisingScoreMatching(Estimator):
     name = "dsm"
     learns_log_z = False
 
+    @classmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        return cls(options.dsm_sigma)
+
     def __init__(self, sigma: float = 0.1):
         super().__init__()
         self.sigma = check_positive_float("dsm_sigma", sigma)
@@ -77,6 +82,10 @@ class SlicedScoreMatching(Estimator):
 
     name = "ssm"
     learns_log_z = False
+
+    @classmethod
+    def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
+        return cls(options.ssm_projections)
 
     def __init__(self, projections: int = 1):
         super().__init__()
