@@ -19,6 +19,11 @@ from ebm.harness import RunConfig, RunFolder, option, positive
 BASE_CHOICES = ("noise", "none")
 
 
+def _even_dims(name: str, value: int) -> None:
+    if value < 2 or value % 2:
+        raise ValueError(f"{name} must be an even integer ≥ 2, got {value}")
+
+
 def _even_resolution(name: str, value: int) -> None:
     if value < 2 or value % 2:
         raise ValueError(f"{name} must be an even integer ≥ 2, got {value}")
@@ -35,6 +40,8 @@ class EnergyConfig(RunConfig, EstimatorOptions):
     option_groups = {"estimator options": ESTIMATOR_OPTION_FIELDS}
 
     dataset: str = option("8gaussians", "toy 2D distribution", choices=TOY_DATASETS)
+    dims: int = option(2, "dimensions D (even): D/2 independent copies of the 2D set, rotated by a fixed random "
+                       "orthogonal matrix; D > 2 is evaluated on samples (no grid)", check=_even_dims)
     estimator: str = option("nce", "nce, rnce (ranking NCE), ence (eNCE), cnce (conditional NCE), fce (flow "
                             "contrastive), dsm / ssm (denoising / sliced score matching), cd (contrastive divergence), "
                             "mle (grid maximum likelihood)", choices=ESTIMATORS)
