@@ -51,6 +51,7 @@ from ebm.harness import (
     say,
     set_threads,
 )
+from ebm.lm.build import build_model
 from ebm.lm.config import LMConfig
 from ebm.lm.distributed import (
     DistributedContext,
@@ -63,7 +64,7 @@ from ebm.lm.distributed import (
     shard_state,
 )
 from ebm.lm.evaluate import evaluate, evaluate_sentences
-from ebm.lm.models import RNNLM, GenericNCELM, detach_state
+from ebm.lm.models import detach_state
 from ebm.lm.optim import (
     add_weight_decay_,
     clip_grad_norm_,
@@ -73,7 +74,6 @@ from ebm.lm.optim import (
     set_lr,
 )
 from ebm.lm.output import SampledOutput
-from ebm.lm.samplers import make_sampler
 from ebm.utils import get_device, get_rng_state, load_checkpoint, seed_everything, set_rng_state
 
 
@@ -96,27 +96,6 @@ def load_lm_corpus(config: LMConfig) -> Corpus:
         raise ValueError(f"unknown dataset {name!r}: not a toy 2D dataset ({', '.join(TOY_DATASETS)}), "
                          f"not a corpus (synthetic, {', '.join(CORPORA)}) and not a folder")
     return load_corpus(folder, min_freq=config.min_freq, max_size=config.max_size)
-
-
-def build_model(config: LMConfig, counts: torch.Tensor, sparse: bool = True) -> torch.nn.Module:
-    """The model of ``config`` over a vocabulary with training ``counts`` (V,) (the unigram noise).
-
-    ``sparse``: sparse row gradients for the embeddings (off on devices without sparse tensors, e.g. MPS).
-    """
-    vocab_size = counts.numel()
-    noise = make_sampler(config.noise, vocab_size, config.noise_power, counts=counts)
-    if config.model == "generic":
-        return GenericNCELM(vocab_size, noise, config.noise_ratio, config.emb_size, config.hidden_size,
-                            config.num_layers, config.dropout, norm=config.norm)
-    out_size = config.out_size or (config.emb_size if config.tie_weights else config.hidden_size)
-    output = SampledOutput(in_features=out_size, vocab_size=vocab_size, noise=noise, loss=config.loss,
-                           noise_ratio=config.noise_ratio, norm=config.norm, noise_sharing=config.noise_sharing,
-                           sparse=sparse, selfnorm_weight=config.selfnorm_weight,
-                           selfnorm_positions=config.selfnorm_positions)
-    return RNNLM(vocab_size, output, config.emb_size, config.hidden_size, config.num_layers, config.dropout,
-                 config.model, out_size, config.tie_weights, sparse=sparse, dropout_embedding=config.dropout_embedding,
-                 dropout_between=config.dropout_between, dropout_output=config.dropout_output,
-                 locked_dropout=config.locked_dropout)
 
 
 def _train_batches(config: LMConfig, corpus: Corpus, generator: torch.Generator):
