@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,45 @@ def write_corpus(folder, train="a b a c\n\na b\n", valid="a d\n", test="b a\n"):
         data = text if isinstance(text, bytes) else text.encode("utf-8")
         (folder / f"{name}.txt").write_bytes(data)
     return folder
+
+
+class OpenGuard:
+    """Opens of one file, seen through the interpreter's audit hook (PEP 578: ``open``, ``io.open``, ``os.open``,
+    ``Path.read_*`` and numpy's file readers all raise the "open" event). While ``locked``, opening the file
+    raises ``PermissionError`` (the tests run as root, which file modes do not stop); ``opens`` counts opens."""
+
+    def __init__(self, path):
+        self.path, self.locked, self.opens = os.path.realpath(path), True, 0
+
+    def saw(self, path):
+        if path == self.path:
+            if self.locked:
+                raise PermissionError(f"{self.path} opened while it must stay unread")
+            self.opens += 1
+
+
+_GUARDS = []
+
+
+def _audit(event, args):
+    if event == "open" and _GUARDS and isinstance(args[0], str | bytes | os.PathLike):
+        path = os.path.realpath(os.fsdecode(args[0]))  # a link to the file counts as the file
+        for guard in _GUARDS:
+            guard.saw(path)
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: this one acts only inside ``guarded``
+
+
+@contextmanager
+def guarded(path):
+    """An ``OpenGuard`` of ``path`` (locked) for the duration of the block."""
+    guard = OpenGuard(path)
+    _GUARDS.append(guard)
+    try:
+        yield guard
+    finally:
+        _GUARDS.remove(guard)
 
 
 def reference_corpus(folder, min_freq=1, max_size=None):
@@ -183,7 +223,9 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
         assert [line.split() for block in blocks for line in block.split("\n")[:-1]] == [
             ["a", "\ufffd\ufffd", "b"], ["ok", "\ufffd"]]
         assert blocks.replaced == 2
-    assert load_corpus(folder).replaced == {"train": 2, "valid": 0, "test": 0}
+    corpus = load_corpus(folder)
+    assert corpus.replaced == {"train": 2, "valid": 0}  # test.txt is not read yet
+    assert len(corpus.test) == 3 and corpus.replaced == {"train": 2, "valid": 0, "test": 0}
 
 
 # Pieces that stress the reader: every line end, white space that is not a line end, NULs, the special words,
@@ -254,7 +296,7 @@ def count_builds(monkeypatch):
 def test_cached_load_reads_no_text_and_maps_the_cache(tmp_path, monkeypatch):
     folder = write_corpus(tmp_path)
     first = load_corpus(folder)
-    assert len(entries(folder / CACHE_DIR_NAME)) == 1
+    assert len(first.test) == 3 and len(entries(folder / CACHE_DIR_NAME)) == 2  # train and valid; test
     builds = count_builds(monkeypatch)
     second = load_corpus(folder)
     assert builds == []
@@ -273,19 +315,43 @@ def test_cache_key_follows_the_files_and_the_options(tmp_path, monkeypatch):
     root = folder / CACHE_DIR_NAME
     builds = count_builds(monkeypatch)
     assert load_corpus(folder).vocab.decode(load_corpus(folder).train.ids) == ["a", "b", "b", EOS]
-    assert builds == ["train.txt", "valid.txt", "test.txt"]
+    assert builds == ["train.txt", "valid.txt"]  # the test split is never used here
     # Same size, same mtime, other content: the sampled hash changes the key.
     path, stat = folder / "train.txt", (folder / "train.txt").stat()
     path.write_text("b a b\n")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert load_corpus(folder).vocab.decode(load_corpus(folder).train.ids) == ["b", "a", "b", EOS]
-    assert len(builds) == 6 and len(entries(root)) == 1  # the entry of the old text is gone
+    assert len(builds) == 4 and len(entries(root)) == 1  # the entry of the old text is gone
     # A new mtime alone rebuilds too; another option gives a second entry beside the first.
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     load_corpus(folder)
-    assert len(builds) == 9
+    assert len(builds) == 6
     assert set(load_corpus(folder, max_size=2).vocab.words) == {EOS, UNK}
-    assert len(builds) == 12 and len(entries(root)) == 2
+    assert len(builds) == 8 and len(entries(root)) == 2
+
+
+def test_the_test_text_is_read_when_the_test_split_is_first_used(tmp_path, monkeypatch):
+    folder = write_corpus(tmp_path)  # train "a b a c / (blank) / a b", valid "a d", test "b a"
+    root, builds = folder / CACHE_DIR_NAME, count_builds(monkeypatch)
+    with guarded(folder / "test.txt") as guard:
+        corpus = load_corpus(folder)  # raises if test.txt is opened (even to fingerprint it)
+        assert corpus.vocab.decode(corpus.valid.ids) == ["a", UNK, EOS] and len(corpus.train) == 9
+        assert not corpus.test_loaded and "not read yet" in repr(corpus) and "test" not in corpus.replaced
+        guard.locked = False
+        assert corpus.vocab.decode(corpus.test.ids) == ["b", "a", EOS] and corpus.test.offsets.tolist() == [0, 3]
+        assert guard.opens > 0 and corpus.test_loaded and corpus.replaced["test"] == 0
+        assert builds == ["train.txt", "valid.txt", "test.txt"] and len(entries(root)) == 2
+        guard.locked, opens = True, guard.opens
+        again = load_corpus(folder)  # both entries cached: nothing tokenised, test.txt unopened until used
+        guard.locked = False
+        assert again.test.ids.tolist() == corpus.test.ids.tolist() and len(builds) == 3 and guard.opens > opens
+    (folder / "test.txt").write_text("c c\n")  # a new test text: only its entry is rebuilt, the old one goes
+    assert corpus.vocab.decode(load_corpus(folder).test.ids) == ["c", "c", EOS]
+    assert builds == ["train.txt", "valid.txt", "test.txt", "test.txt"] and len(entries(root)) == 2
+    (folder / "test.txt").write_text("\n")  # one <eos>: too short, found when the split is first used
+    short = load_corpus(folder)
+    with pytest.raises(ValueError, match=r"test\.txt gives 1 token"):
+        len(short.test)
 
 
 def _truncate_ids(entry):
@@ -325,7 +391,7 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
     damage(entry)
     builds = count_builds(monkeypatch)
     corpus = load_corpus(folder)
-    assert builds == ["train.txt", "valid.txt", "test.txt"]
+    assert builds == ["train.txt", "valid.txt"]
     assert_matches_reference(corpus, folder)
 
 
@@ -342,7 +408,7 @@ def test_unwritable_folder_caches_in_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     assert_matches_reference(load_corpus(folder), folder)
     (root,) = (tmp_path / "user-cache" / "ebm" / "corpora").iterdir()
-    assert len(entries(root)) == 1
+    assert len(entries(root)) == 2  # the vocabulary's entry (train, valid) and the test split's
 
 
 def test_a_concurrent_build_keeps_the_published_entry(tmp_path):

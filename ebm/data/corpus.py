@@ -11,22 +11,22 @@ one. WikiText-2 then has 217,646 tokens in valid.txt and 245,569 in test.txt, as
 needs at least 2 tokens (one to predict after another); an empty file or a shorter split is a ``ValueError``
 naming the file. The vocabulary comes from the training split only; every other word maps to ``<unk>``.
 
+The test text is read only when it is scored: ``load_corpus`` checks that ``test.txt`` exists and is not empty
+(its size, from the file system) but opens it first when ``corpus.test`` is first used, usually for the final
+score after training, so no choice made during training (learning-rate halvings, early stops, the norm's
+calibration) can see it. ``ebm.data.layout.heldout_layout`` lays out corpora that have no training file
+(WikiText-2 as shipped here) the same way.
+
 Corpora of any size: ``load_corpus`` never holds a file's lines. Each file is read once in blocks of whole
 lines and written as an int32 token file with int64 sentence offsets (``ebm.data.token_cache``), cached in
 ``<folder>/.ebm-cache/`` under a key made of the files' fingerprints (size, mtime, sampled SHA-1) and the
 vocabulary options; later loads map those files into memory, so ``Split.ids`` is an int32 tensor over a
-memory map (pages are read when used) and a 100M-token corpus loads in well under a second. Delete the
-``.ebm-cache`` folder to clear the cache.
+memory map (pages are read when used) and a 100M-token corpus loads in well under a second. The test split has
+an entry of its own, keyed by the vocabulary's entry and test.txt's fingerprint and built on first use. Delete
+the ``.ebm-cache`` folder to clear the cache.
 
-Two ways to batch a split:
-
-* concatenated (fast): the whole stream is cut into ``B`` contiguous rows (``batchify``, a view: no copy) and
-  read in ``bptt``-long chunks (``bptt_chunks``); the recurrent state is carried from one chunk to the next;
-* sentences (``sentence_batches``): each sentence is its own sequence, padded to the longest in the batch,
-  with a mask of the real positions; the input starts with ``<eos>`` (as a start token).
-
-Both yield int64 (LongTensor) batches whatever the stream's dtype (int32 for a loaded corpus, int64 for the
-synthetic one), so models and losses see one index type.
+Batching a split (``batchify``, ``bptt_chunks``, ``num_chunks``, ``sentence_batches``) lives in
+``ebm.data.batching``; this module re-exports it.
 """
 
 from __future__ import annotations
@@ -35,17 +35,18 @@ import json
 import os
 from bisect import insort
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ebm.data.batching import batchify, bptt_chunks, num_chunks, sentence_batches
 from ebm.data.token_cache import (
     cache_root,
     count_ids,
@@ -64,7 +65,9 @@ UNK = "<unk>"
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
 MIN_SPLIT_TOKENS = 2  # the shortest split a model can be trained or evaluated on: one token predicted
+_VOCAB_SPLITS = ("train", "valid")  # the splits of the vocabulary's cache entry; test has an entry of its own
 _VOCAB_FILE = "vocab.json"
+_T = TypeVar("_T")
 
 
 def _frequency_rank(entry: tuple[str, int]) -> tuple[int, str]:
@@ -148,26 +151,51 @@ class Split:
         return self.offsets.numel() - 1
 
 
-@dataclass
 class Corpus:
     """A vocabulary and its three splits; ``replaced`` counts undecodable bytes per split file.
 
+    ``test`` is a ``Split``, or a function giving (the test split, its file's undecodable bytes) that is called
+    when ``corpus.test`` is first read (``load_corpus`` passes one, so the test text stays unread until it is
+    scored; ``test_loaded`` says whether it has been read). ``replaced`` holds "test" from then on.
     ``entropy_rate`` (nats per token) is set for the synthetic language, whose best possible perplexity is
     exp(entropy_rate).
     """
 
-    name: str
-    vocab: Vocabulary
-    train: Split
-    valid: Split
-    test: Split
-    replaced: dict[str, int] = field(default_factory=dict)
-    entropy_rate: float | None = None
+    def __init__(
+        self,
+        name: str,
+        vocab: Vocabulary,
+        train: Split,
+        valid: Split,
+        test: Split | Callable[[], tuple[Split, int]],
+        replaced: dict[str, int] | None = None,
+        entropy_rate: float | None = None,
+    ):
+        self.name, self.vocab, self.train, self.valid = name, vocab, train, valid
+        self.replaced: dict[str, int] = {} if replaced is None else replaced
+        self.entropy_rate = entropy_rate
+        self._test = test
+
+    @property
+    def test_loaded(self) -> bool:
+        return isinstance(self._test, Split)
+
+    @property
+    def test(self) -> Split:
+        """The test split, read from its file (or its cache entry) the first time it is asked for."""
+        if not isinstance(self._test, Split):
+            self._test, self.replaced["test"] = self._test()
+        return self._test
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
         return getattr(self, name)
+
+    def __repr__(self) -> str:
+        test = f"{len(self.test):,} tokens" if self.test_loaded else "not read yet"
+        return (f"Corpus({self.name!r}, V={len(self.vocab):,}, train {len(self.train):,} tokens, valid "
+                f"{len(self.valid):,} tokens, test {test})")
 
 
 def split_lines(text: str) -> list[str]:
@@ -198,155 +226,140 @@ def load_corpus(
     max_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Corpus:
-    """Read ``train.txt``, ``valid.txt``, ``test.txt`` from ``folder``; the vocabulary comes from train.
+    """Read ``train.txt`` and ``valid.txt`` from ``folder``, and ``test.txt`` when ``corpus.test`` is first used.
 
-    The first call for given files and options tokenises each file once (in blocks; memory does not grow with
-    the corpus) into the cache ``cache_dir`` (default ``folder/.ebm-cache``, or the user's cache folder when
-    ``folder`` is not writable); later calls map the cached files (int32 ``ids``, int64 ``offsets``) without
-    reading the text. A text file that changes (size, mtime or sampled content), or other min_freq / max_size,
-    gives another cache entry; an entry that fails its checks is rebuilt.
+    The vocabulary comes from train. The first call for given files and options tokenises each file once (in
+    blocks; memory does not grow with the corpus) into the cache ``cache_dir`` (default ``folder/.ebm-cache``, or
+    the user's cache folder when ``folder`` is not writable); later calls map the cached files (int32 ``ids``,
+    int64 ``offsets``) without reading the text. A text file that changes (size, mtime or sampled content), or
+    other min_freq / max_size, gives another cache entry; an entry that fails its checks is rebuilt. The test
+    split is cached the same way, in an entry of its own made the first time ``corpus.test`` is read; here
+    test.txt is only looked up in the file system (it must exist and not be empty), never opened.
 
     Raises ``FileNotFoundError`` naming a missing file, ``ValueError`` naming an empty file or one whose split
-    has fewer than ``MIN_SPLIT_TOKENS`` tokens (``<eos>`` included), or bad min_freq / max_size.
+    has fewer than ``MIN_SPLIT_TOKENS`` tokens (``<eos>`` included; for test.txt when it is first read), or bad
+    min_freq / max_size.
     """
     folder = Path(folder)
     paths = {split: folder / f"{split}.txt" for split in SPLITS}
     for path in paths.values():
         if not path.is_file():
             raise FileNotFoundError(f"missing corpus file {path}")
+    if paths["test"].stat().st_size == 0:
+        raise ValueError(f"corpus file {paths['test']} is empty: it holds no lines")
     check_vocabulary_options(min_freq, max_size)
-    sources = {split: fingerprint(path) for split, path in paths.items()}
+    sources = {split: fingerprint(paths[split]) for split in _VOCAB_SPLITS}
     key = entry_key({"sources": sources, "min_freq": min_freq, "max_size": max_size})
-    root = Path(cache_dir) if cache_dir is not None else cache_root(folder)
+    root, group = Path(cache_dir) if cache_dir is not None else cache_root(folder), str(folder.resolve())
+
+    def fill(staging: Path) -> dict[str, Any]:
+        manifest: dict[str, Any] = {"arrays": {}, "splits": {}}
+        vocab = _tokenize_split(paths["train"], sources["train"], staging, manifest, None, min_freq, max_size)
+        _tokenize_split(paths["valid"], sources["valid"], staging, manifest, vocab)
+        (staging / _VOCAB_FILE).write_text(json.dumps({"words": list(vocab.words), "counts": vocab.counts.tolist()}),
+                                           encoding="utf-8")
+        return manifest
+
+    vocab, splits, replaced = _cached(root, key, group, sources, fill, _read_vocabulary_entry)
+    return Corpus(folder.name, vocab, splits["train"], splits["valid"],
+                  lambda: _load_test(paths["test"], root, key, vocab, group, sources), replaced)
+
+
+def _load_test(
+    path: Path, root: Path, vocab_key: str, vocab: Vocabulary, group: str, sources: dict[str, Any]
+) -> tuple[Split, int]:
+    """(the test split, undecodable bytes in its file): test.txt tokenised with ``vocab`` (the entry
+    ``vocab_key``), cached in an entry keyed by that entry and test.txt's fingerprint."""
+    source = fingerprint(path)
+    key = entry_key({"vocabulary": vocab_key, "test": source})
+
+    def fill(staging: Path) -> dict[str, Any]:
+        manifest: dict[str, Any] = {"arrays": {}, "splits": {}}
+        _tokenize_split(path, source, staging, manifest, vocab)
+        return manifest
+
+    def read(manifest: dict[str, Any]) -> tuple[Split, int] | None:
+        splits = _open_splits(manifest, ("test",))
+        return None if splits is None else (splits["test"], int(manifest["splits"]["test"]["replaced"]))
+
+    return _cached(root, key, f"{group} (test)", {**sources, "test": source}, fill, read)
+
+
+def _cached(
+    root: Path, key: str, group: str, sources: dict[str, Any], fill: Callable[[Path], dict[str, Any]],
+    read: Callable[[dict[str, Any]], _T | None],
+) -> _T:
+    """``read``'s view of cache entry ``key`` (``write_entry``'s arguments), built by ``fill`` when the entry is
+    absent or ``read`` finds it inconsistent (returns None)."""
     manifest = read_entry(root, key)
-    corpus = _corpus_from_entry(folder.name, manifest) if manifest is not None else None
-    if corpus is None:
+    found = read(manifest) if manifest is not None else None
+    if found is None:
         if manifest is not None:  # complete but inconsistent: it must not pass for a published entry
             discard_entry(root, key)
-        manifest = write_entry(root, key, str(folder.resolve()), sources,
-                               lambda staging: _tokenize_corpus(paths, sources, staging, min_freq, max_size))
-        corpus = _corpus_from_entry(folder.name, manifest)
-        if corpus is None:
+        manifest = write_entry(root, key, group, sources, fill)
+        found = read(manifest)
+        if found is None:
             raise OSError(f"the corpus cache {manifest['path']} was written but does not read back")
-    return corpus
+    return found
 
 
-def _tokenize_corpus(
-    paths: dict[str, Path], sources: dict[str, Any], staging: Path, min_freq: int, max_size: int | None
-) -> dict[str, Any]:
-    """Write ``<split>.ids`` (int32), ``<split>.offsets`` (int64) and the vocabulary into ``staging``; returns
-    the manifest's contents. Train comes first: its counts decide the vocabulary that maps every split."""
-    arrays, splits, vocab = {}, {}, None
-    for split in SPLITS:
-        path, ids_path = paths[split], staging / f"{split}.ids"
-        found = tokenize_file(path, ids_path, staging / f"{split}.offsets")
-        if found.lines == 0:
-            raise ValueError(f"corpus file {path} is empty: it holds no lines")
-        if found.tokens < MIN_SPLIT_TOKENS:
-            raise ValueError(f"corpus file {path} gives {found.tokens} token (with {EOS}); a split needs at least "
-                             f"{MIN_SPLIT_TOKENS}: one to predict after another")
-        if vocab is None:  # train: provisional id 0 is a line end (<eos>), k ≥ 1 is found.words[k - 1]
-            counts = count_ids(ids_path, len(found.words) + 1).tolist()  # (W + 1,)
-            counter = Counter(dict(zip(found.words, counts[1:], strict=True)))
-            counter[EOS] += counts[0]
-            vocab = Vocabulary.from_counts(counter, min_freq=min_freq, max_size=max_size)
-        table = np.fromiter(map(vocab.index_of.get, found.words, repeat(vocab.unk_index)), dtype=np.int32,
-                            count=len(found.words))
-        remap_ids(ids_path, np.concatenate([[vocab.eos_index], table]))  # provisional id → vocabulary index
-        if fingerprint(path) != sources[split]:
-            raise ValueError(f"corpus file {path} changed while it was read; load the corpus again")
-        arrays[f"{split}.ids"] = {"dtype": "int32", "count": found.tokens}
-        arrays[f"{split}.offsets"] = {"dtype": "int64", "count": found.lines + 1}
-        splits[split] = {"tokens": found.tokens, "sentences": found.lines, "replaced": found.replaced}
-    vocabulary = {"words": list(vocab.words), "counts": vocab.counts.tolist()}
-    (staging / _VOCAB_FILE).write_text(json.dumps(vocabulary), encoding="utf-8")
-    return {"arrays": arrays, "splits": splits}
+def _tokenize_split(
+    path: Path, source: dict[str, Any], staging: Path, manifest: dict[str, Any], vocab: Vocabulary | None,
+    min_freq: int = 1, max_size: int | None = None,
+) -> Vocabulary:
+    """Write ``<split>.ids`` (int32 vocabulary indices) and ``<split>.offsets`` (int64) of the split file
+    ``path`` into ``staging`` and describe them in ``manifest``; returns the vocabulary, made from this file's
+    counts when ``vocab`` is None (the training split). ``source``: the file's fingerprint when it was keyed."""
+    split = path.stem
+    ids_path = staging / f"{split}.ids"
+    found = tokenize_file(path, ids_path, staging / f"{split}.offsets")
+    if found.lines == 0:
+        raise ValueError(f"corpus file {path} is empty: it holds no lines")
+    if found.tokens < MIN_SPLIT_TOKENS:
+        raise ValueError(f"corpus file {path} gives {found.tokens} token (with {EOS}); a split needs at least "
+                         f"{MIN_SPLIT_TOKENS}: one to predict after another")
+    if vocab is None:  # train: provisional id 0 is a line end (<eos>), k ≥ 1 is found.words[k - 1]
+        counts = count_ids(ids_path, len(found.words) + 1).tolist()  # (W + 1,)
+        counter = Counter(dict(zip(found.words, counts[1:], strict=True)))
+        counter[EOS] += counts[0]
+        vocab = Vocabulary.from_counts(counter, min_freq=min_freq, max_size=max_size)
+    table = np.fromiter(map(vocab.index_of.get, found.words, repeat(vocab.unk_index)), dtype=np.int32,
+                        count=len(found.words))
+    remap_ids(ids_path, np.concatenate([[vocab.eos_index], table]))  # provisional id → vocabulary index
+    if fingerprint(path) != source:
+        raise ValueError(f"corpus file {path} changed while it was read; load the corpus again")
+    manifest["arrays"][f"{split}.ids"] = {"dtype": "int32", "count": found.tokens}
+    manifest["arrays"][f"{split}.offsets"] = {"dtype": "int64", "count": found.lines + 1}
+    manifest["splits"][split] = {"tokens": found.tokens, "sentences": found.lines, "replaced": found.replaced}
+    return vocab
 
 
-def _corpus_from_entry(name: str, manifest: dict[str, Any]) -> Corpus | None:
-    """The corpus of a cache entry, its splits mapped from disk; None if the entry is inconsistent."""
+def _open_splits(manifest: dict[str, Any], names: Sequence[str]) -> dict[str, Split] | None:
+    """The named splits of a cache entry, mapped from disk; None if the entry is inconsistent."""
+    try:
+        splits = {name: Split(open_array(manifest, f"{name}.ids"), open_array(manifest, f"{name}.offsets"))
+                  for name in names}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if any(int(s.offsets[0]) != 0 or int(s.offsets[-1]) != len(s) for s in splits.values()):
+        return None
+    return splits
+
+
+def _read_vocabulary_entry(
+    manifest: dict[str, Any],
+) -> tuple[Vocabulary, dict[str, Split], dict[str, int]] | None:
+    """(vocabulary, train and valid splits, undecodable bytes per file) of a cache entry; None if inconsistent."""
+    splits = _open_splits(manifest, _VOCAB_SPLITS)
     try:
         stored = json.loads((Path(manifest["path"]) / _VOCAB_FILE).read_text(encoding="utf-8"))
         vocab = Vocabulary(stored["words"], stored["counts"])
-        splits = {split: Split(open_array(manifest, f"{split}.ids"), open_array(manifest, f"{split}.offsets"))
-                  for split in SPLITS}
-        train_tokens = manifest["splits"]["train"]["tokens"]
-        replaced = {split: int(manifest["splits"][split]["replaced"]) for split in SPLITS}
+        replaced = {split: int(manifest["splits"][split]["replaced"]) for split in _VOCAB_SPLITS}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if int(vocab.counts.sum()) != train_tokens or any(
-        int(s.offsets[0]) != 0 or int(s.offsets[-1]) != len(s) for s in splits.values()
-    ):
+    if splits is None or int(vocab.counts.sum()) != len(splits["train"]):
         return None
-    return Corpus(name=name, vocab=vocab, replaced=replaced, **splits)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
-def batchify(ids: Tensor, batch_size: int) -> Tensor:
-    """Cut a (N,) stream into ``batch_size`` contiguous rows: (B, N // B); the last N mod B tokens are dropped."""
-    _check_positive("batch_size", batch_size)
-    length = ids.numel() // batch_size
-    if length < 2:
-        raise ValueError(f"a stream of {ids.numel()} tokens is too short for batch size {batch_size}")
-    return ids[: length * batch_size].view(batch_size, length)
-
-
-def num_chunks(length: int, bptt: int) -> int:
-    """How many chunks ``bptt_chunks`` yields for rows of ``length`` tokens."""
-    return -(-(length - 1) // bptt)
-
-
-def bptt_chunks(data: Tensor, bptt: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Consecutive (input, target) chunks of a batchified stream, each (B, T) with T ≤ bptt.
-
-    Target = input shifted by one token, so chunk i covers inputs ``data[:, i·bptt : i·bptt + T]``; every
-    token except the first of each row is a target exactly once. Chunks are int64 (a view of ``data`` when it
-    is int64, a (B, T) copy when it is int32).
-    """
-    _check_positive("bptt", bptt)
-    length = data.size(1)
-    for start in range(0, length - 1, bptt):
-        steps = min(bptt, length - 1 - start)
-        yield data[:, start : start + steps].long(), data[:, start + 1 : start + 1 + steps].long()
-
-
-def sentence_batches(
-    split: Split,
-    batch_size: int,
-    eos_index: int,
-    generator: torch.Generator | None = None,
-    max_length: int | None = None,
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Batches of whole sentences: (input, target, mask), each (B, T), T = longest sentence in the batch.
-
-    A sentence w₁ … wₙ <eos> gives input <eos> w₁ … wₙ and target w₁ … wₙ <eos>; padded positions hold
-    index 0 and mask False. Sentences come in a random order when ``generator`` is given, in file order
-    otherwise. ``max_length`` truncates longer sentences (their tail is not predicted). Input and target are
-    int64 whatever the dtype of ``split.ids``.
-    """
-    _check_positive("batch_size", batch_size)
-    if max_length is not None:
-        _check_positive("max_length", max_length)
-    n = split.num_sentences
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    starts, ends = split.offsets[:-1], split.offsets[1:]
-    for first in range(0, n, batch_size):
-        chosen = order[first : first + batch_size]
-        lengths = ends[chosen] - starts[chosen]  # (B,)
-        if max_length is not None:
-            lengths = lengths.clamp(max=max_length)
-        steps = int(lengths.max())
-        positions = torch.arange(steps)  # (T,)
-        mask = positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-        index = (starts[chosen].unsqueeze(1) + positions).clamp(max=len(split) - 1)  # (B, T)
-        target = torch.where(mask, split.ids[index].long(), 0)
-        previous = split.ids[(index - 1).clamp(min=0)].long()
-        input_ = torch.where(positions == 0, eos_index, torch.where(mask, previous, 0))
-        yield input_, target, mask
+    return vocab, splits, replaced
 
 
 __all__ = [
