@@ -5,15 +5,19 @@ Prints markdown tables and writes them (plus JSON) to bench/results/:
   1. step   forward + backward + optimiser update of SampledOutput + loss, hidden 256, 20×35 tokens, for
             full softmax (dense Adam over V×H) vs NCE k=100, k=500 and sampled softmax k=100 (sparse gradients,
             SparseAdam on the touched rows only), and NCE k=100 the seed's way (dense gradients, dense Adam):
-            median ms, tokens/s, speed-up over full. Dense steps get fewer repeats at large V.
+            median ms, tokens/s, speed-up over full. Dense steps get fewer repeats at large V. The sampled
+            losses draw their k noise words per sequence (each of the 20 rows its own k: the language model's
+            default, ``noise_sharing="sequence"``) or, in the rows marked "batch", once for the whole batch
+            (``SampledOutput``'s default); the table names which.
   2. alias  AliasSampler build time (vectorised O(V) table) at V = 10k, 100k, 1M.
   3. draws  draws/s of AliasSampler.sample vs torch.multinomial(probs, n, replacement=True), for n = 100
             (one step's shared noise) and n = 10⁶.
-  4. memory peak resident memory of an NCE k=100 step at V = 1M (and, for contrast, a full-softmax step at
-            V = 100k), each in a fresh subprocess: after set-up and one step (optimiser state allocated, freed
-            heap returned with malloc_trim) the Linux high-water mark VmHWM is reset (/proc/self/clear_refs),
-            so peak − baseline is what a step adds on top of parameters and optimiser state. (tracemalloc does
-            not see torch's allocations; ru_maxrss cannot be reset, it is the fallback.)
+  4. memory peak resident memory of an NCE k=100 step at V = 1M, noise per sequence and per batch (and,
+            for contrast, a full-softmax step at V = 100k), each in a fresh subprocess: after set-up and one
+            step (optimiser state allocated, freed heap returned with malloc_trim) the Linux high-water mark
+            VmHWM is reset (/proc/self/clear_refs), so peak − baseline is what a step adds on top of
+            parameters and optimiser state. (tracemalloc does not see torch's allocations; ru_maxrss cannot
+            be reset, it is the fallback.)
 
 Usage:
     python bench/bench_output_layer.py                       # everything (≈ 3-5 minutes on 2 cores)
@@ -44,15 +48,18 @@ import torch
 from ebm.lm import AliasSampler, SampledOutput
 
 HIDDEN, BATCH, BPTT = 256, 20, 35
-# name → (loss, k, sparse gradients + SparseAdam?); "nce100-dense" is NCE the seed's way: dense V×H gradients, Adam.
+# name → (loss, k, sparse gradients + SparseAdam?, who shares a draw of k noise words: SampledOutput's
+# noise_sharing); "nce100-dense" is NCE the seed's way: dense V×H gradients, Adam, one draw per batch.
 LOSSES = {
-    "full": ("full", 1, False),
-    "nce100": ("nce", 100, True),
-    "nce500": ("nce", 500, True),
-    "sampled100": ("sampled", 100, True),
-    "nce100-dense": ("nce", 100, False),
+    "full": ("full", 1, False, "batch"),  # no noise: the sharing is moot
+    "nce100": ("nce", 100, True, "sequence"),
+    "nce100-batch": ("nce", 100, True, "batch"),
+    "nce500": ("nce", 500, True, "sequence"),
+    "sampled100": ("sampled", 100, True, "sequence"),
+    "sampled100-batch": ("sampled", 100, True, "batch"),
+    "nce100-dense": ("nce", 100, False, "batch"),
 }
-DENSE_KEYS = [key for key, (_, _, sparse) in LOSSES.items() if not sparse]
+DENSE_KEYS = [key for key, (_, _, sparse, _) in LOSSES.items() if not sparse]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -85,10 +92,10 @@ def make_steps(vocab_size: int, keys: list[str]) -> dict:
     steps = {}
     sampled = sampled_optimizer = None
     for key in keys:
-        loss, k, sparse = LOSSES[key]
+        loss, k, sparse, sharing = LOSSES[key]
         if not sparse:
             layer = SampledOutput(HIDDEN, vocab_size, noise=zipf_counts(vocab_size), loss=loss, noise_ratio=k,
-                                  sparse=False)
+                                  noise_sharing=sharing, sparse=False)
             optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
         else:
             if sampled is None:
@@ -97,8 +104,8 @@ def make_steps(vocab_size: int, keys: list[str]) -> dict:
             layer, optimizer = sampled, sampled_optimizer
         target = layer.noise.sample((BATCH, BPTT))  # Zipfian targets: realistic accidental hits
 
-        def step(layer=layer, optimizer=optimizer, target=target, loss=loss, k=k) -> None:
-            layer.loss, layer.noise_ratio = loss, k
+        def step(layer=layer, optimizer=optimizer, target=target, loss=loss, k=k, sharing=sharing) -> None:
+            layer.loss, layer.noise_ratio, layer.noise_sharing = loss, k, sharing
             optimizer.zero_grad(set_to_none=True)
             hidden.grad = None
             layer(hidden, target).backward()
@@ -196,6 +203,12 @@ def bench_memory(vocab_size: int, loss_key: str, threads: int) -> dict:
     return result
 
 
+def noise_drawn_per(key: str) -> str:
+    """Who shares a draw of noise words in loss ``key``: "sequence", "batch", or "—" (the full softmax)."""
+    loss, _, _, sharing = LOSSES[key]
+    return "—" if loss == "full" else sharing
+
+
 def fmt(x: float | None, digits: int = 2) -> str:
     return "skipped" if x is None else f"{x:,.{digits}f}"
 
@@ -203,16 +216,18 @@ def fmt(x: float | None, digits: int = 2) -> str:
 def step_table(rows: list[dict]) -> str:
     full = {r["vocab"]: r["ms"] for r in rows if r["loss"] == "full"}
     base = {r["vocab"]: r["ms"] for r in rows if r["loss"] == "nce100"}
-    lines = ["| V | loss | median ms/step | tokens/s | speed-up over full | repeats |", "|---|---|---|---|---|---|"]
+    lines = ["| V | loss | noise drawn per | median ms/step | tokens/s | speed-up over full | repeats |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = full.get(r["vocab"]) / r["ms"] if full.get(r["vocab"]) and r["ms"] else None
         tps = BATCH * BPTT / (r["ms"] / 1e3) if r["ms"] else None
-        lines.append(f"| {r['vocab']:,} | {r['loss']} | {fmt(r['ms'])} | {fmt(tps, 0)} | "
-                     f"{'n/a' if ratio is None else f'{ratio:,.1f}×'} | {r['repeats']} |")
+        lines.append(f"| {r['vocab']:,} | {r['loss']} | {noise_drawn_per(r['loss'])} | {fmt(r['ms'])} | "
+                     f"{fmt(tps, 0)} | {'n/a' if ratio is None else f'{ratio:,.1f}×'} | {r['repeats']} |")
     if base:
         smallest, largest = min(base), max(base)
         lines.append("")
-        lines.append(f"NCE k=100 step at V={largest:,} / at V={smallest:,}: {base[largest] / base[smallest]:.2f}×")
+        lines.append(f"NCE k=100 step (noise per sequence) at V={largest:,} / at V={smallest:,}: "
+                     f"{base[largest] / base[smallest]:.2f}×")
     return "\n".join(lines)
 
 
@@ -257,11 +272,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['alias_per_s'] / r['multinomial_per_s']:,.1f}× |" for r in results["draws"]] + [""]
     if "memory" in args.sections:
         results["memory"] = [bench_memory(1_000_000, "nce100", args.threads),
+                             bench_memory(1_000_000, "nce100-batch", args.threads),
                              bench_memory(100_000, "full", args.threads)]
         out += ["### Memory of a training step (fresh subprocess per row)", "",
-                "| V | loss | parameters (V×257 float32) | Adam state | RSS after set-up | peak RSS over 5 steps | "
-                "added by a step | one [tokens × V] float32 tensor |", "|---|---|---|---|---|---|---|---|"]
-        out += [f"| {m['vocab']:,} | {m['loss']} | {m['params_mib']:,.0f} MiB | {m['adam_state_mib']:,.0f} MiB | "
+                "| V | loss | noise drawn per | parameters (V×257 float32) | Adam state | RSS after set-up | "
+                "peak RSS over 5 steps | added by a step | one [tokens × V] float32 tensor |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {m['vocab']:,} | {m['loss']} | {noise_drawn_per(m['loss'])} | "
+                f"{m['params_mib']:,.0f} MiB | {m['adam_state_mib']:,.0f} MiB | "
                 f"{m['baseline_mib']:,.0f} MiB | {m['peak_mib']:,.0f} MiB | {m['step_mib']:,.1f} MiB | "
                 f"{m['dense_logits_mib']:,.0f} MiB |" for m in results["memory"]]
         out += ["", f"Measured with {results['memory'][0]['method']}.", ""]
