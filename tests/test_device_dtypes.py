@@ -14,13 +14,13 @@ from torch.utils._pytree import tree_flatten
 from ebm.data.toy import sample
 from ebm.energy.estimators import ESTIMATORS, make_estimator
 from ebm.energy.noise import make_noise
-from ebm.energy.train import EnergyConfig, build_model
-from ebm.energy.train import train_step as energy_step
+from ebm.energy.config import EnergyConfig
+from ebm.energy.task import build_energy, energy_step
 from ebm.lm.distributed import DistributedContext, DistributedLM
 from ebm.lm.optim import make_optimizer
-from ebm.lm.train import LMConfig
-from ebm.lm.train import build_model as build_lm
-from ebm.lm.train import train_step as lm_step
+from ebm.lm.build import build_model as build_lm
+from ebm.lm.config import LMConfig
+from ebm.lm.task import train_step as lm_step
 
 DEVICE = torch.device("meta")
 ALLOWED = {torch.float32, torch.int64, torch.int32, torch.bool, torch.uint8}
@@ -59,7 +59,7 @@ def test_energy_training_step_places_no_float64_on_the_device(estimator):
     noise = make_noise("gmm", fit_points, 4, 1.5, 0)
     objective = make_estimator(estimator, config, noise, fit_points)
     with DeviceDtypes() as recorder:
-        model = build_model(config, noise).to(DEVICE)
+        model = build_energy(config, noise).to(DEVICE)
         noise, objective = noise.to(DEVICE), objective.to(DEVICE)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         batch = sample("pinwheel", 64, torch.Generator().manual_seed(1)).to(DEVICE)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ebm.lm.optim import plateau_lr, scheduled_lr
+from ebm.harness.schedule import plateau_lr, scheduled_lr
 
 
 def test_cosine_schedule_hand_values():

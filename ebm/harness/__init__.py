@@ -34,6 +34,7 @@ from ebm.harness.loop import (
     say,
 )
 from ebm.harness.run import RunFolder, checkpoint_path
+from ebm.harness.trainer import Task, fit
 
 __all__ = [
     "RUN_FIELDS",
@@ -43,12 +44,14 @@ __all__ = [
     "RunFolder",
     "StepStats",
     "TrainingClock",
+    "Task",
     "TrainingDiverged",
     "build_parser",
     "check_resumable",
     "checkpoint_path",
     "device_name",
     "fraction",
+    "fit",
     "from_dict",
     "non_negative",
     "option",

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ebm.harness.tensorboard import tensorboard_available
+
 Check = Callable[[str, Any], None]
 
 # ------------------------------------------------------------------------------------------------- checks
@@ -57,6 +59,12 @@ def unit_interval(name: str, value: Any) -> None:
     """A value in [0, 1]."""
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def seed_value(name: str, value: Any) -> None:
+    """An integer seed NumPy and scikit-learn accept as well as torch: 0 ≤ seed < 2³²."""
+    if not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be in [0, 2**32), got {value!r}")
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -221,20 +229,11 @@ def build_parser(cls: type, prog: str, description: str, run_fields: Sequence[st
     return parser
 
 
-def config_from_argv(cls: type, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
-    """Parse ``argv`` into a validated ``cls``; bad input exits with status 2 and a message naming the option."""
-    args = parser.parse_args(argv)
-    try:
-        return cls(**vars(args))
-    except ValueError as error:
-        parser.error(str(error))
-
-
 @dataclass
 class RunConfig:
     """The fields every run has: how it runs, not what it computes (all but ``seed`` may change on resume)."""
 
-    seed: int = option(0, "random seed (data, noise, initialisation)")
+    seed: int = option(0, "random seed (data, noise, initialisation), 0 ≤ seed < 2³²", check=seed_value)
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", check=device_name,
                          resumable=True)
     threads: int | None = option(None, "torch CPU threads (none: torch's choice; 1 is often fastest on a shared CPU)",
@@ -247,9 +246,19 @@ class RunConfig:
                                        check=positive, resumable=True)
     log_interval: int = option(25, "steps between divergence checks and progress-bar updates", check=positive,
                                resumable=True)
+    tensorboard: bool = option(False, "also write TensorBoard curves to <run folder>/tensorboard (needs the "
+                               "tensorboard package)", resumable=True)
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"out: {self.run_dir} is a file, not a run folder; choose another --out")
+        if self.tensorboard and not tensorboard_available():
+            raise ValueError("tensorboard: the tensorboard package is not installed (pip install tensorboard)")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as plain values (config.json, checkpoints)."""
+        return dataclasses.asdict(self)
 
     def run_name(self) -> str:
         """The default run folder's name under runs/ (each setting says what identifies its runs)."""
@@ -267,7 +276,6 @@ __all__ = [
     "RunConfig",
     "build_parser",
     "check_resumable",
-    "config_from_argv",
     "device_name",
     "flag_of",
     "fraction",
@@ -275,6 +283,7 @@ __all__ = [
     "non_negative",
     "option",
     "positive",
+    "seed_value",
     "unit_interval",
     "validate",
 ]

@@ -5,8 +5,13 @@
     runs/<name>/checkpoint.pt    written atomically at every epoch end (and at a time-budget stop)
     runs/<name>/frames/          epoch_0001.png, … (the 2D model's density frames)
 
-A fresh run in an existing folder replaces that folder's run (its checkpoint, metrics and frames go first, so
-nothing of the old run can be mistaken for the new one's). Resuming loads the checkpoint *before* anything is
+A fresh run in an existing folder replaces that folder's run, but only once it has something better: the old
+run's files (checkpoint, metrics, config, frames) move to ``<run>/previous/`` when the new run starts, so nothing
+of the old run can be mistaken for the new one's, and are deleted when the new run writes its first checkpoint.
+A new run that fails before then (a typo that diverges in the first epoch, Ctrl-C) puts them back
+(``abandon``); a process killed outright leaves them in ``previous/``, where the next fresh run finds them.
+
+Resuming loads the checkpoint *before* anything is
 written: a missing or unreadable checkpoint, or a config that differs from the checkpoint's in a field that
 is not resumable, is an error and the folder is left exactly as it was. A resumed run keeps the metrics and
 frames of the epochs its checkpoint completed and drops the rest.
@@ -14,9 +19,9 @@ frames of the epochs its checkpoint completed and drops the rest.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,12 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 FRAMES = "frames"
 FRAME_GLOB = "epoch_*.png"
+PREVIOUS = "previous"
+
+
+def frame_name(epoch: int) -> str:
+    """The file name of epoch ``epoch``'s frame: ``epoch_0001.png`` (zero-padded, so names sort by epoch)."""
+    return f"epoch_{epoch:04d}.png"
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
@@ -50,6 +61,7 @@ class RunFolder:
         self.frames = None if frames is None else self.path / frames if frames == FRAMES else Path(frames)
         self.checkpoint = self.path / CHECKPOINT
         self.metrics = self.path / METRICS
+        self.previous = self.path / PREVIOUS
 
     def load_for_resume(self, config: Any) -> dict[str, Any]:
         """The checkpoint to resume from, on the CPU, after checking its config against ``config``.
@@ -72,38 +84,75 @@ class RunFolder:
     def start(self, config: Any, completed_epochs: int | None) -> MetricsLogger:
         """Prepare the folder for a fresh run (``completed_epochs`` None) or a resumed one; returns the logger.
 
-        Fresh: the old checkpoint, metrics and frames go. Resumed: metrics lines and frames beyond
-        ``completed_epochs`` go (a time-budget stop's "final" line included). Then config.json is written.
+        Fresh: the old run's files move to ``previous/`` (deleted at the first checkpoint, put back by
+        ``abandon``). Resumed: metrics lines and frames beyond ``completed_epochs`` go (a time-budget stop's
+        "final" line included). Then config.json is written.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        if self.frames is not None:
-            self.frames.mkdir(parents=True, exist_ok=True)
         if completed_epochs is None:
-            self.checkpoint.unlink(missing_ok=True)
-            self.metrics.unlink(missing_ok=True)
-            stale_frames = list(self.frames.glob(FRAME_GLOB)) if self.frames is not None else []
+            self._set_aside_old_run()
         else:
             self._keep_metrics_of(completed_epochs)
-            stale_frames = [p for p in self.frames.glob(FRAME_GLOB) if _frame_epoch(p) > completed_epochs] \
-                if self.frames is not None else []
-        for frame in stale_frames:
-            frame.unlink()
-        (self.path / CONFIG).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+            stale = [p for p in self.frames.glob(FRAME_GLOB) if _frame_epoch(p) > completed_epochs] \
+                if self.frames is not None and self.frames.is_dir() else []
+            for frame in stale:
+                frame.unlink()
+        if self.frames is not None:
+            self.frames.mkdir(parents=True, exist_ok=True)
+        (self.path / CONFIG).write_text(json.dumps(config.as_dict(), indent=2) + "\n")
         return MetricsLogger(self.metrics)
+
+    def _old_files(self) -> list[Path]:
+        frames = sorted(self.frames.glob(FRAME_GLOB)) if self.frames is not None and self.frames.is_dir() else []
+        return [p for p in (self.checkpoint, self.metrics, self.path / CONFIG) if p.exists()] + frames
+
+    def _set_aside_old_run(self) -> None:
+        """Move the old run's files to ``previous/``, unless ``previous/`` holds a checkpointed run and the folder
+        holds none (a fresh run died there before its first checkpoint): then the folder's leftovers just go."""
+        old = self._old_files()
+        if self.previous.is_dir() and (self.previous / CHECKPOINT).exists() and not self.checkpoint.exists():
+            for path in old:
+                path.unlink()
+            return
+        if old:
+            shutil.rmtree(self.previous, ignore_errors=True)
+        for path in old:
+            target = self.previous / path.relative_to(self.path) if path.is_relative_to(self.path) \
+                else self.previous / FRAMES / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
+
+    def abandon(self) -> None:
+        """A fresh run failed before its first checkpoint: its files go and the previous run's come back."""
+        if not self.previous.is_dir() or self.checkpoint.exists():
+            return
+        for path in self._old_files():
+            path.unlink()
+        for path in sorted(self.previous.rglob("*")):
+            if path.is_file():
+                relative = path.relative_to(self.previous)
+                target = self.frames / path.name if relative.parts[0] == FRAMES and self.frames is not None \
+                    else self.path / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+        shutil.rmtree(self.previous, ignore_errors=True)
 
     def _keep_metrics_of(self, completed_epochs: int) -> None:
         if not self.metrics.exists():
             return
-        kept = [r for r in read_metrics(self.metrics) if not r.get("final") and r.get("epoch", 0) <= completed_epochs]
+        records = read_metrics(self.metrics, torn_ok=True)  # a crash mid-write may have torn the last line
+        kept = [r for r in records if not r.get("final") and r.get("epoch", 0) <= completed_epochs]
         self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def frame_path(self, epoch: int) -> Path | None:
         """Where epoch ``epoch``'s frame goes (None without frames)."""
-        return None if self.frames is None else self.frames / f"epoch_{epoch:04d}.png"
+        return None if self.frames is None else self.frames / frame_name(epoch)
 
     def save(self, state: dict[str, Any]) -> None:
-        """Replace the checkpoint atomically (a crash mid-write keeps the previous one)."""
+        """Replace the checkpoint atomically (a crash mid-write keeps the previous one); the first checkpoint of
+        a fresh run ends the old run kept in ``previous/``."""
         save_checkpoint(self.checkpoint, state)
+        shutil.rmtree(self.previous, ignore_errors=True)
 
     def describe_checkpoint(self) -> str:
         """What a failed run leaves behind, for its error message."""
@@ -119,4 +168,4 @@ def _frame_epoch(path: Path) -> int:
         return 0
 
 
-__all__ = ["CHECKPOINT", "CONFIG", "FRAMES", "METRICS", "RunFolder", "checkpoint_path"]
+__all__ = ["CHECKPOINT", "CONFIG", "FRAMES", "METRICS", "PREVIOUS", "RunFolder", "checkpoint_path", "frame_name"]

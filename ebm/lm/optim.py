@@ -9,16 +9,11 @@ touches. Everything here works on those rows only, so a step costs O(touched row
 * ``add_weight_decay_``: L2 decay added to the gradient, for sparse gradients on the touched rows only
   ("lazy" decay, as LazyAdam does), so decay never densifies a gradient.
 
-And the learning rate over a run, as pure functions of where the run is:
-
-* ``scheduled_lr``: linear warm-up, then cosine or linear decay over the run's progress (a fraction of its
-  steps or of its time budget), or constant ("plateau");
-* ``plateau_lr``: the learning rate multiplied by a factor whenever the validation perplexity does not improve.
+The learning-rate schedule is the harness's (``ebm.harness.schedule``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("plateau", "cosine", "linear")
 
 
 class SplitOptimizer:
@@ -78,48 +72,6 @@ def make_optimizer(
     return SplitOptimizer(optimizers)
 
 
-def set_lr(optimizer: SplitOptimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def scheduled_lr(
-    base_lr: float, progress: float, schedule: str, warmup: float = 0.0, hold: float = 0.0, final: float = 0.0
-) -> float:
-    """The learning rate at ``progress`` ∈ [0, 1] of a run (the fraction of its steps, or of its time budget).
-
-    Warm-up: base_lr · progress / warmup while progress < warmup; then base_lr until progress reaches ``hold``.
-    After that, with start = max(warmup, hold) and x = (progress − start) / (1 − start) ∈ [0, 1]:
-
-        cosine   base_lr · (final + (1 − final) · ½ (1 + cos πx))     (Loshchilov & Hutter 2017)
-        linear   base_lr · (final + (1 − final) · (1 − x))
-        plateau  base_lr (changed between epochs by ``plateau_lr`` instead)
-
-    ``final`` is the last learning rate as a fraction of ``base_lr``. Progress beyond 1 counts as 1.
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if not (0 <= warmup < 1 and 0 <= hold < 1 and 0 <= final <= 1):
-        raise ValueError(f"warmup and hold must be in [0, 1) and final in [0, 1], got {warmup}, {hold} and {final}")
-    progress = min(max(progress, 0.0), 1.0)
-    if progress < warmup:
-        return base_lr * progress / warmup
-    start = max(warmup, hold)
-    if schedule == "plateau" or progress <= start:
-        return base_lr
-    x = (progress - start) / (1 - start)
-    shape = 0.5 * (1 + math.cos(math.pi * x)) if schedule == "cosine" else 1 - x
-    return base_lr * (final + (1 - final) * shape)
-
-
-def plateau_lr(lr: float, best: float, metric: float, factor: float) -> tuple[float, float]:
-    """(learning rate, best metric) after an evaluation: lr · factor when ``metric`` is not below ``best``
-    (a plateau), else lr unchanged and ``metric`` the new best."""
-    if metric < best:
-        return lr, metric
-    return lr * factor, best
-
-
 def _grads(parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     """Parameters with a gradient; sparse gradients are coalesced in place (duplicate rows summed)."""
     with_grad = [p for p in parameters if p.grad is not None]
@@ -160,12 +112,8 @@ def add_weight_decay_(parameters: Iterable[nn.Parameter], weight_decay: float) -
 
 __all__ = [
     "OPTIMIZERS",
-    "SCHEDULES",
     "SplitOptimizer",
     "add_weight_decay_",
     "clip_grad_norm_",
     "make_optimizer",
-    "plateau_lr",
-    "scheduled_lr",
-    "set_lr",
 ]

@@ -25,10 +25,20 @@ class MetricsLogger:
             f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file, in order."""
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_metrics(path: str | os.PathLike, torn_ok: bool = False) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file, in order.
+
+    ``torn_ok``: drop a last line that is not valid JSON (a crash mid-write tore it) instead of raising.
+    """
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not (torn_ok and i == len(lines) - 1):
+                raise
+    return records
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -1,0 +1,163 @@
+"""The 2D energy model as a task of the harness's loop (``ebm.harness.trainer.fit``): what differs from the LM.
+
+Each epoch draws ``samples`` fresh data points and takes one Adam step per batch on the loss of the chosen
+estimator (``ebm.energy.estimators``: NCE by default, with ν·B noise points per batch of B), the learning rate
+a cosine from ``lr`` to 0 over all steps. At the end of each epoch the model is normalised on a grid and scored
+(``ebm.energy.evaluate``) and a frame is drawn; the final evaluation uses all ``eval_points`` test points and a
+grid twice as fine.
+
+All randomness comes from CPU generators (data, noise) and torch's global RNG (initialisation), so a seed
+gives the same run on any device, and a run can be resumed on another device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ebm.data.toy import log_prob, sample
+from ebm.energy.chasm import chasm_warning
+from ebm.energy.config import EnergyConfig
+from ebm.energy.estimators import Estimator, empty_estimator, estimator_class, make_estimator
+from ebm.energy.evaluate import Grid, density_metrics, grid_log_prob
+from ebm.energy.model import EnergyMLP
+from ebm.energy.noise import empty_noise, make_noise
+from ebm.energy.plot import DensityFigure
+from ebm.harness import Position, RunFolder, TrainingClock
+from ebm.harness.schedule import scheduled_lr, set_lr
+
+EPOCH_EVAL_POINTS = 10_000  # test points scored each epoch; the paired KL estimate's error is then ≈ 0.003
+FIT_POINTS = 10_000  # data points the noise (and fce's flow, mle's box) are fitted to
+
+
+def build_energy(config: EnergyConfig, noise: torch.nn.Module) -> EnergyMLP:
+    """The energy network of ``config``, relative to ``noise`` when ``config.base == "noise"``."""
+    return EnergyMLP(config.width, config.depth, config.activation, noise if config.base == "noise" else None)
+
+
+def energy_step(model: EnergyMLP, estimator: Estimator, batch: torch.Tensor, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One step of ``estimator`` on a batch (B, D): an Adam step on its loss, unless the estimator updated only
+    its own parameters this time (an FCE flow step). Returns detached statistics on the device: ``loss`` (when
+    the energy stepped) and the estimator's own (e.g. the classifier's ``accuracy``).
+    """
+    loss, stats = estimator.loss(model, batch, generator)
+    if loss is not None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats = {"loss": loss.detach(), **stats}
+    return stats
+
+
+class EnergyTask:
+    """A 2D (or D-dimensional) energy model trained by an estimator of ``ebm.energy.estimators``."""
+
+    schedule_by_time = False  # the cosine spans all steps, also under a time budget
+
+    def __init__(self, config: EnergyConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.facts = estimator_class(config.estimator)
+
+    def run_folder(self) -> RunFolder:
+        return self.config.run_folder()
+
+    def setup(self, state: dict[str, Any] | None, data_generator: torch.Generator) -> list[str]:
+        config, device = self.config, self.device
+        warning = None
+        if state is None:
+            fit_points = sample(config.dataset, FIT_POINTS, data_generator)
+            noise = make_noise(config.noise, fit_points, config.noise_components, config.noise_widen, config.seed)
+            estimator = make_estimator(config.estimator, config, noise, fit_points, config.seed)
+            if self.facts.contrasts_noise:
+                warning = chasm_warning(config.dataset, config.noise, fit_points, noise)
+        else:
+            noise = empty_noise(config.noise, config.noise_components)
+            noise.load_state_dict(state["noise"])
+            estimator = empty_estimator(config.estimator, config, noise)
+        self.model = build_energy(config, noise).to(device)
+        self.noise, self.estimator = noise.to(device), estimator.to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        if state is not None:
+            self.estimator.load_state_dict(state["estimator"])
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self._prepare_evaluation()
+        return [f"warning: {warning}"] if warning else []
+
+    def _prepare_evaluation(self) -> None:
+        """Fixed test points from their own generator, their exact log-density, the grid and the figure."""
+        config = self.config
+        self.test = sample(config.dataset, config.eval_points, torch.Generator().manual_seed(config.seed + 1_000_003))
+        self.test_log_p = log_prob(config.dataset, self.test)
+        self.grid = Grid.covering(self.test, config.resolution)
+        self.frames = self.run_folder()
+        self.figure = None
+        if self.frames.frames is not None:
+            q = getattr(self.estimator, "noise", self.noise)  # what the estimator draws from (fce: its flow)
+            noise_image = grid_log_prob(q.log_prob, self.grid, self.device)
+            self.figure = DensityFigure(self.grid, self.test[:20_000], noise_image, self._title())
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.config.samples / self.config.batch_size)
+
+    def batches(self, data_generator: torch.Generator) -> list[torch.Tensor]:
+        return list(sample(self.config.dataset, self.config.samples, data_generator).to(self.device)
+                    .split(self.config.batch_size))
+
+    def schedule(self, progress: float) -> None:
+        set_lr(self.optimizer, scheduled_lr(self.config.lr, progress, "cosine"))
+
+    def step(self, batch: torch.Tensor, noise_generator: torch.Generator, position: Position) -> dict[str, Any]:
+        self.model.train()
+        return energy_step(self.model, self.estimator, batch, self.optimizer, noise_generator)
+
+    def evaluate(self, epoch: int, stats: dict[str, float], seconds: float) -> dict[str, Any]:
+        """Grid-normalised metrics on the epoch's test points, the epoch's frame, and their timings."""
+        clock = TrainingClock(None)
+        clock.run()
+        self.model.eval()
+        test, test_log_p = self.test[:EPOCH_EVAL_POINTS], self.test_log_p[:EPOCH_EVAL_POINTS]
+        image = grid_log_prob(self.model.log_prob, self.grid, self.device)
+        metrics = density_metrics(self.model.log_prob, self.grid, test, test_log_p, self.device, box_values=image)
+        metrics["eval_seconds"] = clock.seconds
+        if self.figure is not None:
+            started = clock.seconds
+            log_z = metrics["log_normaliser"] if metrics["mass_converged"] else metrics["log_normaliser_box"]
+            text = f"epoch {epoch}, KL {metrics['kl']:.3f} nats"
+            self.figure.save(image - log_z, self.frames.frame_path(epoch), text)
+            metrics["plot_seconds"] = clock.seconds - started
+        return {**metrics, **stats, "log_z": self.model.log_z.item(), "learns_log_z": self.facts.learns_log_z}
+
+    def describe(self, m: dict[str, Any]) -> str:
+        """One line per epoch (loss, accuracy, normaliser error if log Z is learned, NLL, KL, timings), or the
+        final evaluation's line."""
+        if m.get("final"):
+            return (f"final ({len(self.test)} test points, {2 * self.config.resolution}² grid): normaliser error "
+                    f"{m['normaliser_error']:.4f}, mass outside the box {m['mass_outside']:.2g}, test NLL "
+                    f"{m['test_nll']:.4f}, KL {m['kl']:.4f} ± {m['kl_stderr']:.4f}")
+        loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
+        accuracy = f"  acc {m['accuracy']:.3f}" if "accuracy" in m else ""
+        log_z = f"|log Z| {m['normaliser_error']:.4f}" if m["learns_log_z"] else "log Z free"
+        return (f"epoch {m['epoch']:>3}/{self.config.epochs}{loss}{accuracy}  {log_z}  NLL {m['test_nll']:.4f} "
+                f"KL {m['kl']:.4f}  train {m['train_seconds']:.1f}s eval {m['eval_seconds']:.2f}s")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "noise": self.noise.state_dict(),
+                "estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def finish(self, last: dict[str, Any], completed: bool) -> dict[str, Any]:
+        """The last epoch's metrics with the evaluation redone on all test points and a grid twice as fine."""
+        fine = Grid(self.grid.bound, 2 * self.config.resolution)
+        final = density_metrics(self.model.eval().log_prob, fine, self.test, self.test_log_p, self.device)
+        return {**last, **final}
+
+    def _title(self) -> str:
+        config = self.config
+        ratio = f" ν={config.noise_ratio:g}" if self.facts.uses_noise_ratio else ""
+        return f"{config.dataset}, {config.estimator}{ratio}, noise {config.noise}"
+
+
+__all__ = ["EPOCH_EVAL_POINTS", "EnergyTask", "build_energy", "energy_step"]
