@@ -19,37 +19,75 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ebm.energy.evaluate import Grid
+from ebm.energy.sampling import grid_sample, mala
+
 ACTIVATIONS = {"silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class EnergyMLP(nn.Module):
-    """MLP energy 2 → width → … → width → 1 (``depth`` hidden layers) plus the scalar ``log_z``.
+    """MLP energy D → width → … → width → 1 (``depth`` hidden layers) plus the scalar ``log_z``.
 
     Args:
         width: hidden units per layer.
         depth: number of hidden layers.
         activation: one of ``ACTIVATIONS``.
-        base: a module with ``log_prob(x)``: (B, 2) → (B,) (e.g. the noise), or None for a plain MLP energy.
+        base: a module with ``log_prob(x)``: (B, D) → (B,) (e.g. the noise), or None for a plain MLP energy.
+        dims: D, the dimension of the points (the first layer's input size).
     """
 
-    def __init__(self, width: int = 128, depth: int = 6, activation: str = "silu", base: nn.Module | None = None):
+    def __init__(
+        self, width: int = 128, depth: int = 6, activation: str = "silu", base: nn.Module | None = None, dims: int = 2
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if width < 1 or depth < 1:
-            raise ValueError(f"width and depth must be positive, got width={width}, depth={depth}")
+        if width < 1 or depth < 1 or dims < 1:
+            raise ValueError(f"width, depth and dims must be positive, got width={width}, depth={depth}, dims={dims}")
         layers: list[nn.Module] = []
         for i in range(depth):
-            layers += [nn.Linear(2 if i == 0 else width, width), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(dims if i == 0 else width, width), ACTIVATIONS[activation]()]
         self.net = nn.Sequential(*layers, nn.Linear(width, 1))
         self.log_z = nn.Parameter(torch.zeros(()))
         self.base = base
 
     def energy(self, x: Tensor) -> Tensor:
-        """f(x) = g(x) [− log b(x) with a base]: (B, 2) → (B,)."""
+        """f(x) = g(x) [− log b(x) with a base]: (B, D) → (B,)."""
         g = self.net(x).squeeze(-1)  # (B,)
         return g if self.base is None else g - self.base.log_prob(x)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """log p(x) = −f(x) − log_z: (B, 2) → (B,)."""
+        """log p(x) = −f(x) − log_z: (B, D) → (B,)."""
         return -self.energy(x) - self.log_z
+
+    def sample(self, n: int, generator: torch.Generator | None = None, method: str = "auto", **options) -> Tensor:
+        """n points (n, D) from p ∝ exp(−f), D = the input size; all random numbers from the CPU ``generator``.
+
+        method:
+            "grid" (D = 2): exact up to the grid (``sampling.grid_sample``), float32 on the CPU, on
+                ``options["grid"]`` or else ``Grid(options["bound"], options.get("resolution", 256))``; with
+                neither, the grid covering 10⁴ draws of the base noise (``Grid.covering``).
+            "mala" (any D): the last states of n MALA chains started from the base noise (N(0, I) without one),
+                on the model's device; options go to ``sampling.mala`` (defaults steps=100, step_size=0.1).
+            "auto": "grid" when D = 2, else "mala".
+        """
+        dims = self.net[0].in_features
+        method = ("grid" if dims == 2 else "mala") if method == "auto" else method
+        if method == "grid":
+            if dims != 2 or (self.base is None and "grid" not in options and "bound" not in options):
+                raise ValueError(f"the grid sampler needs D = 2 (got {dims}) and a grid or bound without a base")
+            if "grid" in options:
+                grid = options["grid"]
+            elif "bound" in options:
+                grid = Grid(options["bound"], options.get("resolution", 256))
+            else:
+                grid = Grid.covering(self.base.sample((10_000,), generator).cpu(), options.get("resolution", 256))
+            return grid_sample(self.log_prob, grid, n, generator, self.log_z.device)
+        if method != "mala":
+            raise ValueError(f"unknown method {method!r}; choose one of auto, grid, mala")
+        if self.base is not None:
+            x0 = self.base.sample((n,), generator)
+        else:
+            x0 = torch.randn(n, dims, generator=generator).to(self.log_z)
+        options = {"steps": 100, "step_size": 0.1, **options}
+        return mala(self.log_prob, x0, generator=generator, **options).samples[-1]
