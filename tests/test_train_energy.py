@@ -12,7 +12,7 @@ import torch
 import ebm.energy.estimators.contrastive as contrastive
 import ebm.harness.loop as loop_module
 from ebm.energy import EnergyConfig, load_model, train_energy
-from ebm.harness import TrainingDiverged
+from ebm.harness import TrainingClock, TrainingDiverged
 from ebm.utils import CheckpointError, read_metrics
 from train import main as train_main
 
@@ -82,6 +82,57 @@ def test_time_budget_stops_mid_epoch_and_resume_continues_exactly(tmp_path, monk
     assert not resumed["partial"] and resumed["loss"] == pytest.approx(full["loss"], rel=1e-6)
     assert _same_parameters(tmp_path / "runs" / "full", tmp_path / "runs" / "cut")
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "cut" / "metrics.jsonl")] == [1, 2, 3, 3]
+
+
+def test_a_budget_spent_on_an_epochs_last_step_is_a_partial_run_that_resumes(tmp_path, monkeypatch, capsys):
+    """The budget runs out exactly as epoch 1 ends: the epoch is evaluated and checkpointed, the run is partial
+    (2 of 3 epochs missing), the resume hint is printed, the CLI does not say "done", and --resume finishes it."""
+    full = train_energy(_config(tmp_path, "full"))
+    readings = iter(range(1, 10**6))  # the loop reads the clock once at the start, then after every step
+    monkeypatch.setattr(TrainingClock, "out_of_time", lambda self: next(readings) > 4)  # true after step 4 of 4
+    stopped = train_energy(_config(tmp_path, "cut", time_budget=1.0))
+    assert stopped["partial"] and stopped["epoch"] == 1 and stopped["epochs"] == 1
+    assert "--resume continues from there" in capsys.readouterr().out
+    records = read_metrics(tmp_path / "runs" / "cut" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 1] and records[-1]["final"] and records[-1]["partial"]
+    monkeypatch.undo()
+    resumed = train_energy(_config(tmp_path, "cut", resume=True))
+    assert not resumed["partial"] and _same_parameters(tmp_path / "runs" / "full", tmp_path / "runs" / "cut")
+    assert resumed["kl"] == full["kl"]
+
+
+def test_a_fresh_run_keeps_the_old_run_until_its_first_checkpoint(tmp_path, monkeypatch):
+    """A rerun that diverges in its first epoch gives the folder back as it was; one that checkpoints replaces it."""
+    good = _config(tmp_path, frames="")
+    train_energy(good)
+    before = {p.relative_to(good.run_dir): p.read_bytes() for p in good.run_dir.rglob("*") if p.is_file()}
+    _poison_step(monkeypatch, 2, float("nan"))
+    with pytest.raises(TrainingDiverged, match="no checkpoint"):
+        train_energy(good)
+    after = {p.relative_to(good.run_dir): p.read_bytes() for p in good.run_dir.rglob("*") if p.is_file()}
+    assert after == before and (good.run_dir / "frames" / "epoch_0003.png").exists()
+    monkeypatch.undo()
+    train_energy(_config(tmp_path, frames="", epochs=1))
+    assert not (good.run_dir / "previous").exists() and not (good.run_dir / "frames" / "epoch_0002.png").exists()
+    assert [r["epoch"] for r in read_metrics(good.run_dir / "metrics.jsonl")] == [1, 1]
+
+
+def test_resume_survives_a_torn_last_metrics_line(tmp_path, crash_at_second_save):
+    crash_at_second_save(lambda: train_energy(_config(tmp_path)))
+    with (tmp_path / "runs" / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "kl": 0.1')  # a crash mid-write
+    resumed = train_energy(_config(tmp_path, resume=True))
+    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "run" / "metrics.jsonl")] == [1, 2, 3, 3]
+    assert not resumed["partial"]
+
+
+def test_an_out_that_is_a_file_or_a_negative_seed_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a run")
+    assert train_main(["--out", str(tmp_path / "taken"), "--no-progress"]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    assert train_main(["--seed", "-1", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert "seed must be in [0, 2**32)" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "not a run" and not (tmp_path / "s").exists()
 
 
 def test_load_model_gives_an_eval_model_on_the_asked_device(tmp_path):

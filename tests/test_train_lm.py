@@ -10,7 +10,7 @@ import ebm.harness.loop as loop_module
 from ebm.data.corpus import EOS, UNK
 from ebm.harness import TrainingDiverged
 from ebm.lm.evaluate import evaluate_sentences
-from ebm.lm.task import load_lm_corpus
+from ebm.lm.task import evaluator, load_lm_corpus
 from ebm.lm.train import LMConfig, load_lm, train_lm
 from ebm.utils import CheckpointError, read_metrics
 from train import main
@@ -232,3 +232,15 @@ def test_calibrating_the_norm_centres_self_normalised_scores(tmp_path):
     assert calibrated["test_log_z_gap_mean"] == pytest.approx(
         plain["test_log_z_gap_mean"] - calibrated["norm_shift"], abs=1e-5)
     assert abs(calibrated["test_log_z_gap_mean"]) < 0.3 * abs(plain["test_log_z_gap_mean"])
+    loaded = load_lm(tmp_path / "b" / "run")  # the saved model is the calibrated one
+    corpus = load_lm_corpus(loaded.config)
+    rescored = evaluator(loaded.config, corpus, torch.device("cpu"))(loaded.model, corpus.test)
+    assert rescored["log_z_gap_mean"] == pytest.approx(calibrated["test_log_z_gap_mean"], abs=1e-6)
+
+
+def test_a_batch_larger_than_the_corpus_is_refused_before_any_work(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "tiny")
+    out = tmp_path / "run"
+    assert main(["--dataset", str(corpus), "--batch-size", "100000", "--out", str(out), "--no-progress"]) == 2
+    assert "no step fits in an epoch; lower --batch-size" in capsys.readouterr().err
+    assert not out.exists()

@@ -158,7 +158,8 @@ class RunFolder:
         """What a failed run leaves behind, for its error message."""
         if self.checkpoint.exists():
             return f"the last good checkpoint, {self.checkpoint}, is kept"
-        return "no checkpoint was written (the run failed before its first epoch ended)"
+        kept = f"; the previous run in {self.path} is put back" if self.previous.is_dir() else ""
+        return f"no checkpoint was written (the run failed before its first epoch ended){kept}"
 
 
 def _frame_epoch(path: Path) -> int:

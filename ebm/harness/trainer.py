@@ -103,6 +103,7 @@ class _Run:
             self.metrics, self.clock.spent, self.wall.spent = state["metrics"], state["train_seconds"], state["elapsed"]
         self.stats = StepStats(state["stats"] if mid_epoch else None)
         self.epoch_seconds = state["epoch_seconds"] if mid_epoch else 0.0  # training seconds of the epoch so far
+        self.epoch_rng = state["epoch_rng"] if state is not None else self.data_gen.get_state()
         self.steps = task.steps_per_epoch()
         self.by_time = config.time_budget is not None and task.schedule_by_time
         self.each_step = context.world_size == 1  # one process reads its clock every step; ranks at checks only
@@ -114,6 +115,7 @@ class _Run:
         return self.position.step / (self.config.epochs * self.steps)
 
     def checkpoint(self, epoch_rng: torch.Tensor) -> None:
+        self.epoch_rng = epoch_rng
         task_state = self.task.state_dict()  # every rank: it may gather
         if self.context.is_main:
             self.folder.save({**task_state, "config": self.config.as_dict(), "position": self.position.state_dict(),
@@ -204,9 +206,10 @@ def fit(task: Task, config: RunConfig, context: DistributedContext) -> dict[str,
     if partial:
         report(f"time budget of {config.time_budget:g} s reached in epoch {position.epoch + 1}, step "
                f"{position.epoch_step} of {run.steps}; --resume continues from there")
-    final = {**task.finish(run.metrics, completed=position.epoch_step == 0),
+    final = {**task.finish(run.metrics, completed=position.epoch_step == 0),  # may change the model (calibration)
              "epoch": position.epoch + (position.epoch_step > 0), "final": True, "partial": partial,
              "steps": position.step, "train_seconds": run.clock.seconds, "elapsed": run.wall.seconds}
+    run.checkpoint(run.epoch_rng)  # the saved model is the one the final metrics describe
     if main:
         logger.log(**final)
     report(task.describe(final))
