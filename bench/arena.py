@@ -67,10 +67,10 @@ import torch
 
 from ebm.data.toy import REFERENCE_DATASETS, TOY_DATASETS, sample
 from ebm.energy import EnergyConfig, Grid, load_model, train_energy
-from ebm.energy.estimators import Estimator, make_estimator
+from ebm.energy.estimators import ESTIMATORS, make_estimator
 from ebm.energy.evaluate import grid_log_prob
 from ebm.energy.noise import make_noise
-from ebm.energy.train import build_model, train_step
+from ebm.energy.task import build_energy, energy_step
 from ebm.harness import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def calibrate(contestants: list[str], threads: int = 1) -> dict[str, float]:
     """Seconds per training step of each contestant on this machine: {name: median over rounds}.
 
     Each contestant's model, noise and estimator are built as in a run (on the CPU, ``threads`` threads) and
-    timed on ``CALIBRATION_STEPS`` steps of ``train_step`` per round, contestants taken in turn in every round.
+    timed on ``CALIBRATION_STEPS`` steps of ``energy_step`` per round, contestants taken in turn in every round.
     """
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
@@ -124,17 +124,17 @@ def calibrate(contestants: list[str], threads: int = 1) -> dict[str, float]:
         config = _config(name, CALIBRATION_DATASET, 0, STEP_BUDGET, "")
         noise = make_noise(config.noise, fit_points, config.noise_components, config.noise_widen, 0)
         estimator = make_estimator(config.estimator, config, noise, fit_points, 0)
-        model = build_model(config, noise)
+        model = build_energy(config, noise)
         states[name] = (model, estimator, torch.optim.Adam(model.parameters(), lr=config.lr))
     batches = sample(CALIBRATION_DATASET, 256 * (CALIBRATION_STEPS + CALIBRATION_WARMUP), generator).split(256)
     seconds: dict[str, list[float]] = {name: [] for name in contestants}
     for round_ in range(CALIBRATION_ROUNDS):
         for name, (model, estimator, optimizer) in states.items():
             for i in range(CALIBRATION_WARMUP if round_ == 0 else 0):
-                train_step(model, estimator, batches[i], optimizer, generator)
+                energy_step(model, estimator, batches[i], optimizer, generator)
             started = time.perf_counter()
             for batch in batches[CALIBRATION_WARMUP:]:
-                train_step(model, estimator, batch, optimizer, generator)
+                energy_step(model, estimator, batch, optimizer, generator)
             seconds[name].append((time.perf_counter() - started) / CALIBRATION_STEPS)
     return {name: statistics.median(values) for name, values in seconds.items()}
 
@@ -172,15 +172,7 @@ def _config(name: str, dataset: str, seed: int, steps: int, out: str) -> EnergyC
 
 
 
-def _estimator_classes(base: type = Estimator) -> list[type]:
-    """Every concrete estimator class below ``base`` (those with a ``name``)."""
-    found = []
-    for cls in base.__subclasses__():
-        found += ([cls] if hasattr(cls, "name") else []) + _estimator_classes(cls)
-    return found
-
-
-LEARNS_LOG_Z = {cls.name: cls.learns_log_z for cls in _estimator_classes()}  # whether the objective fixes log_z
+LEARNS_LOG_Z = {name: cls.learns_log_z for name, cls in ESTIMATORS.items()}  # whether the objective fixes log_z
 
 
 def run_one(name: str, dataset: str, seed: int, steps: int, workdir: Path) -> tuple[dict[str, Any], np.ndarray | None]:

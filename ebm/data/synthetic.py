@@ -20,7 +20,6 @@ only at the m context words. exp(H) is the lowest perplexity any model can reach
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -181,9 +180,4 @@ def synthetic_corpus(
     return Corpus(name="synthetic", vocab=vocab, entropy_rate=lang.entropy_rate(), **splits)
 
 
-def perplexity_floor(entropy_rate: float) -> float:
-    """exp(H): the perplexity of the true model."""
-    return math.exp(entropy_rate)
-
-
-__all__ = ["SyntheticLanguage", "make_language", "perplexity_floor", "synthetic_corpus"]
+__all__ = ["SyntheticLanguage", "make_language", "synthetic_corpus"]
