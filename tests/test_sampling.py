@@ -233,8 +233,7 @@ def test_model_sample_is_its_base_when_the_network_is_zero(dims):
     """With the last layer zeroed, p = base exactly; both methods reproduce the base's mean and covariance."""
     mean = torch.linspace(-1, 1, dims)
     cov = 0.5 * torch.eye(dims) + 0.3
-    model = EnergyMLP(width=16, depth=2, base=Gaussian(mean, cov))
-    model.net[0] = nn.Linear(dims, 16)  # a D-dimensional input layer
+    model = EnergyMLP(width=16, depth=2, base=Gaussian(mean, cov), dims=dims)
     nn.init.zeros_(model.net[-1].weight), nn.init.zeros_(model.net[-1].bias)
     generator = torch.Generator().manual_seed(0)
     methods = ["grid", "mala"] if dims == 2 else ["mala"]
