@@ -1,7 +1,9 @@
-"""Data-parallel training pieces (ebm.lm.distributed), checked with 2 gloo processes on the CPU.
+"""Data-parallel training pieces (ebm.lm.distributed, ebm.harness.context), checked with 2 gloo processes on the CPU.
 
 Oracles: a dense all-reduce of the same gradients (the mean DDP would give); a single process training on the
-whole global batch; hand-written row ranges, byte counts and means.
+whole global batch with every default of the LM recipe on (dropout 0.4/0.3/0.4 locked, noise per sequence),
+its masks and noise drawn from its own generators; hand-written row ranges, byte counts and means; a stand-in
+for NCCL that refuses CPU tensors.
 
 The ranks are forked on Linux (they start in milliseconds, with torch already imported) and spawned elsewhere.
 """
@@ -24,14 +26,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from ebm.harness.context import DistributedContext
+from ebm.lm.config import LMConfig
 from ebm.lm.distributed import (
-    DistributedContext,
     DistributedLM,
+    GradientSync,
     assert_identical,
     check_global_batch,
-    global_mean_weight,
+    gather_state,
     shard_rows,
-    sync_sparse_gradients,
+    step_seed,
+    sync_gradients,
 )
 from ebm.lm.models import RNNLM
 from ebm.lm.optim import clip_grad_norm_, make_optimizer
@@ -39,8 +44,9 @@ from ebm.lm.output import SampledOutput
 
 WORLD = 2
 START = "fork" if sys.platform == "linux" else "spawn"  # fork: the ranks skip importing torch again (seconds)
-V, HIDDEN, K = 50, 8, 10  # the tiny language model
-BATCH, BPTT, STEPS = 4, 6, 4  # global batch rows, tokens per row and step, optimiser steps
+V, HIDDEN, K, SEED = 50, 8, 10, 11  # the tiny language model
+BPTT, STEPS = 5, 3  # tokens per row and step, optimiser steps
+RECIPE = LMConfig()  # the defaults: dropout rates, locked dropout, noise sharing
 
 
 def _free_port() -> int:
@@ -66,9 +72,9 @@ def _spawn(check, *args, timeout_s: float = 60.0) -> None:
     mp.start_processes(_entry, args=(_free_port(), timeout_s, check, args), nprocs=WORLD, start_method=START)
 
 
-# --- (a) sparse rows: equal to a dense all-reduce ------------------------------------------------------------
+# --- (a) one all-gather: equal to a dense all-reduce -----------------------------------------------------------
 # rows per rank: 3 is touched by both ranks, 1 and 5 by rank 0 only, 7, 9 and 11 by rank 1 only; 3 (rank 0) and
-# 7 (rank 1) repeat within a rank; after coalescing the ranks send 3 and 4 rows, so the gather pads.
+# 7 (rank 1) repeat within a rank; after coalescing the ranks send 3 and 4 rows.
 ROWS = {0: [1, 3, 3, 5], 1: [3, 7, 11, 7, 9, 7]}
 ROWS_OF_ONE_RANK = {0: [2, 2]}  # rank 1 has no gradient at all for this parameter
 
@@ -79,155 +85,195 @@ def _sparse_grad(rows: list[int], shape: tuple[int, ...], seed: int) -> torch.Te
     return torch.sparse_coo_tensor(rows, values, shape, check_invariants=True)
 
 
-def _check_sparse_sync(context: DistributedContext) -> None:
-    rank = context.rank
-    weight, bias, lonely, untouched = (nn.Parameter(torch.zeros(shape)) for shape in ((12, 3), (12,), (12, 3), (12,)))
+def _set_grads(rank: int, weight, bias, lonely, untouched, dense) -> None:
     weight.grad = _sparse_grad(ROWS[rank], (12, 3), seed=10 + rank)
     bias.grad = _sparse_grad(ROWS[rank], (12,), seed=20 + rank)
-    if rank in ROWS_OF_ONE_RANK:
-        lonely.grad = _sparse_grad(ROWS_OF_ONE_RANK[rank], (12, 3), seed=30)
-        untouched.grad = _sparse_grad([], (12,), seed=40)  # no rows here, no gradient on rank 1: None on both
-    # the oracle: each rank's dense gradient, summed by a dense all-reduce, divided by W
-    expected = []
-    for p in (weight, bias, lonely):
-        dense = p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)
-        dist.all_reduce(dense)
-        expected.append(dense / WORLD)
+    lonely.grad = _sparse_grad(ROWS_OF_ONE_RANK[rank], (12, 3), seed=30) if rank in ROWS_OF_ONE_RANK else None
+    untouched.grad = _sparse_grad([], (12,), seed=40) if rank == 0 else None  # no rows anywhere: None on both
+    dense.grad = torch.randn(2, 5, generator=torch.Generator().manual_seed(50 + rank))
 
-    sent = sync_sparse_gradients([weight, bias, lonely, untouched], context)
 
-    for p, want, touched in zip((weight, bias, lonely), expected, ([1, 3, 5, 7, 9, 11], [1, 3, 5, 7, 9, 11], [2]),
-                                strict=True):
+def _check_sync(context: DistributedContext) -> None:
+    rank = context.rank
+    weight, bias, lonely, untouched, dense = (nn.Parameter(torch.zeros(shape))
+                                              for shape in ((12, 3), (12,), (12, 3), (12,), (2, 5)))
+    params = [weight, bias, lonely, untouched, dense]
+    _set_grads(rank, *params)
+    expected = []  # the oracle: each rank's dense gradient, summed by a dense all-reduce, divided by W
+    for p in (weight, bias, lonely, dense):
+        total = p.grad.to_dense().clone() if p.grad is not None else torch.zeros_like(p)
+        dist.all_reduce(total)
+        expected.append(total / WORLD)
+
+    sync = GradientSync(params, context)
+    sent = sync()
+
+    for p, want, touched in zip((weight, bias, lonely), expected, ([1, 3, 5, 7, 9, 11],) * 2 + ([2],), strict=False):
         assert p.grad.is_sparse
         assert p.grad.coalesce().indices()[0].tolist() == touched  # only the touched rows, each once
         torch.testing.assert_close(p.grad.to_dense(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dense.grad, expected[3], rtol=1e-6, atol=1e-6)
     assert untouched.grad is None
-    # the sizes (4 params, int64), then max_r n_r rows per param, each an int64 index and its float32 values:
-    # 4 rows for weight (3 floats) and bias (1 float), 1 for lonely (rank 1 pads a row it does not have)
-    assert sent == 4 * 8 + 4 * (8 + 3 * 4) + 4 * (8 + 4) + 1 * (8 + 3 * 4)
+    # a buffer: a header of 5 codes and the total (6 int64: 48 bytes), then 8-byte aligned int64 rows and float32
+    # values: rank 0 weight 3 rows (24 + 36 → 40), bias 3 (24 + 12 → 16), lonely 1 (8 + 12 → 16), untouched 0,
+    # dense 40: 216 bytes; rank 1 weight 4 rows (32 + 48), bias 4 (32 + 16), dense 40: 216 bytes. The first step
+    # gathers the header alone, learns the sizes and gathers again at 216 + 216 // 8 = 243 → 248 (8-aligned).
+    assert sent == 48 + 248 and sync.capacity == 248
+    _set_grads(rank, *params)
+    assert sync() == 248  # the next step: one all-gather
 
 
-def test_sparse_sync_equals_dense_all_reduce_mean():
-    _spawn(_check_sparse_sync)
+def test_gradient_sync_equals_dense_all_reduce_mean():
+    _spawn(_check_sync)
 
 
 def _check_dense_fallback(context: DistributedContext) -> None:
     p = nn.Parameter(torch.zeros(6, 2))
     dense = torch.arange(12.0).view(6, 2) * (context.rank + 1)
     p.grad = dense if context.rank == 0 else dense.to_sparse(1)  # a tied embedding under the full softmax
-    sync_sparse_gradients([p], context)
+    sync_gradients([p], context)
     assert not p.grad.is_sparse
     torch.testing.assert_close(p.grad, torch.arange(12.0).view(6, 2) * 1.5)  # (1 + 2) / 2
 
 
-def test_dense_gradient_on_one_rank_is_all_reduced_densely():
+def test_dense_and_sparse_gradients_of_one_parameter_average_densely():
     _spawn(_check_dense_fallback)
 
 
 def _check_collective_decisions(context: DistributedContext) -> None:
     assert context.any(context.rank == 1) and not context.any(False)  # rank 1 out of time: both stop
     assert context.mean(torch.tensor([1.0, 4.0]) * (context.rank + 1)).tolist() == [1.5, 6.0]
-    assert global_mean_weight(3 if context.rank == 0 else 1, context) == (1.5 if context.rank == 0 else 0.5)
+    assert context.broadcast_object({"lr": 0.1 * (context.rank + 1)}) == {"lr": 0.1}  # rank 0's decision
+    state = torch.full((2, 1, 3), float(context.rank))  # (layers, B/W, H): this rank's rows
+    assert gather_state(state, context)[:, :, 0].tolist() == [[0.0, 1.0], [0.0, 1.0]]
 
 
 def test_decisions_and_means_are_taken_over_all_ranks():
     _spawn(_check_collective_decisions)
 
 
-# --- (b) a tiny RNNLM on 2 ranks = one process on the global batch -------------------------------------------
-def _tiny_lm(seed: int, loss: str = "nce", tie: bool = False) -> RNNLM:
+# --- (b) a tiny LM with the recipe's defaults on 2 ranks = one process on the global batch -----------------------
+def _tiny_lm(seed: int, loss: str = "nce", tie: bool = True, sharing: str = RECIPE.noise_sharing,
+             selfnorm: float = 0.0, norm: str = "auto") -> RNNLM:
     torch.manual_seed(seed)
     counts = torch.arange(V, 0, -1).float()  # a Zipf-like unigram
-    output = SampledOutput(in_features=HIDDEN, vocab_size=V, noise=counts, loss=loss, noise_ratio=K)
-    return RNNLM(V, output, emb_size=HIDDEN, hidden_size=HIDDEN, num_layers=1, dropout=0.0, cell="lstm",
-                 tie_weights=tie)
+    output = SampledOutput(in_features=HIDDEN, vocab_size=V, noise=counts, loss=loss, noise_ratio=K, norm=norm,
+                           noise_sharing=sharing, selfnorm_weight=selfnorm, selfnorm_positions=5)
+    return RNNLM(V, output, emb_size=HIDDEN, hidden_size=HIDDEN, num_layers=2, dropout=0.0, cell="lstm",
+                 tie_weights=tie, dropout_embedding=RECIPE.dropout_embedding,
+                 dropout_between=RECIPE.dropout_between, dropout_output=RECIPE.dropout_output,
+                 locked_dropout=RECIPE.locked_dropout)
 
 
-def _global_batches() -> torch.Tensor:
-    """(STEPS, BATCH, BPTT + 1) tokens: consecutive bptt chunks of BATCH streams, as concat batching gives."""
-    stream = torch.randint(V, (BATCH, STEPS * BPTT + 1), generator=torch.Generator().manual_seed(7))
+def _global_batches(rows: int) -> torch.Tensor:
+    """(STEPS, rows, BPTT + 1) tokens: consecutive bptt chunks of `rows` streams, as concat batching gives."""
+    stream = torch.randint(V, (rows, STEPS * BPTT + 1), generator=torch.Generator().manual_seed(7))
     return torch.stack([stream[:, s * BPTT : (s + 1) * BPTT + 1] for s in range(STEPS)])
 
 
-def _train(model: RNNLM, loss_fn, sync, batches: torch.Tensor) -> list[float]:
-    """STEPS Adam + SparseAdam steps with clipping; the noise generator has the same seed wherever it runs."""
+def _one_process(model: RNNLM, batches: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+    """The oracle: the whole global batch in one process, dropout masks from a generator seeded per step."""
     optimizer = make_optimizer(model, "adam", lr=0.05, sparse=model.sparse_parameters())
-    noise, state, losses = torch.Generator().manual_seed(3), None, []
-    for chunk in batches:
-        loss, state = loss_fn(chunk[:, :-1], chunk[:, 1:], state, generator=noise)
+    noise, masks, state, losses = torch.Generator().manual_seed(3), torch.Generator(), None, []
+    model.shard_dropout(masks)  # one shard: the whole batch
+    for step, chunk in enumerate(batches):
+        masks.manual_seed(step_seed(SEED, step))
+        loss, state = model.loss(chunk[:, :-1], chunk[:, 1:], state, generator=noise)
         state = tuple(s.detach() for s in state)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        sync()
         clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-    return losses
+    return losses, noise.get_state()
 
 
-def _check_training(context: DistributedContext, out: Path, loss: str, tie: bool) -> None:
-    model = _tiny_lm(context.rank, loss, tie)  # rank 1 starts elsewhere: DistributedLM gives it rank 0's parameters
+def _check_training(context: DistributedContext, out: Path, case: dict, micro_batches: int) -> None:
+    model = _tiny_lm(context.rank, **case)  # rank 1 starts elsewhere: DistributedLM gives it rank 0's parameters
     parallel = DistributedLM(model, context)
-    shards = shard_rows(_global_batches().transpose(0, 1), context.rank, WORLD).transpose(0, 1)
-    losses = _train(model, parallel.loss, parallel.sync_sparse_gradients, shards)
-    assert_identical(model, context)
-    torch.save({"state": model.state_dict(), "losses": losses}, out / f"rank{context.rank}.pt")
+    optimizer = make_optimizer(model, "adam", lr=0.05, sparse=model.sparse_parameters())
+    noise, state, losses = torch.Generator().manual_seed(3), None, []
+    for step, chunk in enumerate(_global_batches(ROWS_FOR[micro_batches])):
+        optimizer.zero_grad(set_to_none=True)
+        loss, state = parallel.forward_backward(chunk[:, :-1], chunk[:, 1:], state, noise=noise,
+                                                dropout_seed=step_seed(SEED, step), micro_batches=micro_batches)
+        clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    assert_identical(model, context, [noise])
+    torch.save({"state": model.state_dict(), "losses": losses, "noise": noise.get_state()}, out / f"{context.rank}.pt")
 
 
-# sparse rows: input embedding, output embedding and bias (nce, sampled); the output layer dense under DDP and
-# the embedding by rows (full); one tied matrix by rows (tied nce) or dense in the row sync (tied full)
-@pytest.mark.parametrize(("loss", "tie"), [("nce", False), ("sampled", False), ("full", False), ("nce", True),
-                                           ("full", True)])
-def test_two_ranks_train_like_one_process_on_the_global_batch(tmp_path, loss, tie):
-    single = _tiny_lm(0, loss, tie)
-    single_losses = _train(single, single.loss, lambda: None, _global_batches())
-    _spawn(_check_training, tmp_path, loss, tie)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+ROWS_FOR = {1: 2, 2: 8}  # global rows: one row per rank; 2 micro-batches of 2 rows per rank
+CASES = {
+    "noise per sequence, one row per rank": ({}, 1),
+    "self-normalisation penalty": ({"selfnorm": 0.5}, 1),
+    "full softmax, learned norm (unused)": ({"loss": "full", "norm": "learn"}, 1),
+    "sampled softmax untied, shared noise": ({"loss": "sampled", "tie": False, "sharing": "batch"}, 1),
+    "gradient accumulation": ({"selfnorm": 0.5}, 2),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_two_ranks_train_like_one_process_with_dropout_and_noise_on(tmp_path, name):
+    case, micro_batches = CASES[name]
+    single = _tiny_lm(0, **case)
+    single_losses, single_noise = _one_process(single, _global_batches(ROWS_FOR[micro_batches]))
+    _spawn(_check_training, tmp_path, case, micro_batches)
+    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(WORLD)]
 
     for name, value in single.state_dict().items():
-        assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name  # the same bits on both
-        # float32 sums in another order (B/2-row products, a gathered sum of shards) differ by ~1e-7
-        # relative per step; Adam's steps of 0.05 carry that along for STEPS steps
+        # float32 sums in another order (shard-sized products, a gathered sum) differ by ~1e-7 relative per
+        # step; Adam's steps of 0.05 carry that along for STEPS steps
         torch.testing.assert_close(ranks[0]["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
-    # the shared noise draw: the global batch's loss is the mean of the shards' (equal-sized) losses
+    # each rank returns its token-weighted share: their mean is the global batch's loss
     shard_mean = torch.tensor([ranks[0]["losses"], ranks[1]["losses"]]).mean(0)
     torch.testing.assert_close(shard_mean, torch.tensor(single_losses), rtol=1e-5, atol=0)
-    assert single.output.weight.ne(_tiny_lm(0, loss, tie).output.weight).any()  # training moved it
+    assert torch.equal(ranks[0]["noise"], single_noise)  # the noise stream advanced exactly as one process's
+    assert single.output.weight.ne(_tiny_lm(0, **case).output.weight).any()  # training moved it
 
 
-def _check_masked_weight(context: DistributedContext, out: Path) -> None:
-    model = _tiny_lm(seed=0)
-    parallel = DistributedLM(model, context)
-    chunk = _global_batches()[0]
-    input, target = (shard_rows(x, context.rank, WORLD) for x in (chunk[:, :-1], chunk[:, 1:]))
-    mask = shard_rows(_masks(), context.rank, WORLD)
-    loss, _ = parallel.loss(input, target, None, mask, generator=torch.Generator().manual_seed(3))
-    (loss * global_mean_weight(int(mask.sum()), context)).backward()
-    # DDP has averaged the dense gradients during backward; the sparse rows are still this rank's own
-    for name, p in model.named_parameters():
-        grads = [torch.empty_like(p) for _ in range(WORLD)]
-        dist.all_gather(grads, p.grad.to_dense())
-        assert torch.equal(*grads) == (name.startswith("rnn.")), name
-    parallel.sync_sparse_gradients()
-    torch.save({name: p.grad.to_dense() for name, p in model.named_parameters()}, out / f"grad{context.rank}.pt")
-
-
-def _masks() -> torch.Tensor:
-    mask = torch.zeros(BATCH, BPTT, dtype=torch.bool)
-    mask[:2, :] = True  # rank 0's shard: 12 tokens
-    mask[2, :1] = True  # rank 1's shard: 1 token
+def _sentence_masks(rows: int) -> torch.Tensor:
+    """Unequal sentences: rank 0's rows hold 2·BPTT tokens, rank 1's one real row of 1 token and a padded row."""
+    mask = torch.zeros(rows, BPTT, dtype=torch.bool)
+    mask[:2, :] = True
+    mask[2, :1] = True
     return mask
 
 
-def test_token_weight_makes_unequal_masked_shards_average_to_the_global_mean(tmp_path):
-    _spawn(_check_masked_weight, tmp_path)
+def _check_masked_step(context: DistributedContext, out: Path) -> None:
+    model = _tiny_lm(seed=0)
+    parallel = DistributedLM(model, context)
+    chunk = _global_batches(3)[0]  # 3 real rows: padded to 4 with a fully masked row
+    parallel.forward_backward(chunk[:, :-1], chunk[:, 1:], None, _sentence_masks(3),
+                              noise=torch.Generator().manual_seed(3), dropout_seed=step_seed(SEED, 0))
+    torch.save({name: p.grad.to_dense() for name, p in model.named_parameters()}, out / f"grad{context.rank}.pt")
+
+
+def test_padded_unequal_sentence_shards_give_the_global_token_mean_gradient(tmp_path):
+    _spawn(_check_masked_step, tmp_path)
     grads = torch.load(tmp_path / "grad0.pt")
-    single = _tiny_lm(seed=0)
-    chunk = _global_batches()[0]
-    loss, _ = single.loss(chunk[:, :-1], chunk[:, 1:], None, _masks(), generator=torch.Generator().manual_seed(3))
+    single, masks = _tiny_lm(seed=0), torch.Generator()
+    single.shard_dropout(masks.manual_seed(step_seed(SEED, 0)))
+    chunk = _global_batches(3)[0]
+    loss, _ = single.loss(chunk[:, :-1], chunk[:, 1:], None, _sentence_masks(3),
+                          generator=torch.Generator().manual_seed(3))
     loss.backward()
     for name, p in single.named_parameters():
         torch.testing.assert_close(grads[name], p.grad.to_dense(), rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_dropout_between_layers_run_one_by_one_is_nn_lstm_without_it():
+    """The layer-by-layer stack (used in training to own the mask between layers) computes nn.LSTM's function:
+    with the mask forced to ones it equals the module's own multi-layer call, state included."""
+    model = _tiny_lm(seed=0).train()
+    model.drop_between.p = 1e-12  # active, but keeps every unit (scale 1 / (1 − 1e-12))
+    x, state = torch.randn(3, BPTT, HIDDEN), (torch.randn(2, 3, HIDDEN), torch.randn(2, 3, HIDDEN))
+    by_layer, by_layer_state = model._layer_by_layer(x, state)
+    whole, whole_state = model.rnn(x, state)
+    torch.testing.assert_close(by_layer, whole)
+    for a, b in zip(by_layer_state, whole_state, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def _check_identity_test(context: DistributedContext) -> None:
@@ -267,8 +313,10 @@ def test_without_torchrun_the_context_is_one_process(monkeypatch):
     for name in _environ(0, 1):
         monkeypatch.delenv(name, raising=False)
     context = DistributedContext.from_env("cpu")
-    assert (context.rank, context.world_size, context.is_main, context.is_distributed) == (0, 1, True, False)
-    assert context.any(True) and not context.any(False)
+    assert (context.rank, context.world_size, context.is_main, context.backend) == (0, 1, True, None)
+    assert context.any(True) and not context.any(False) and context.broadcast_object("x") == "x"
+    value = torch.tensor([2.0])
+    assert context.mean(value) is value and context.all_gather(value).tolist() == [[2.0]]
 
 
 def test_incomplete_torchrun_environment_or_mps_is_a_value_error(monkeypatch):
@@ -297,7 +345,7 @@ def _rank_that_fails(rank: int, port: int, timeout_s: float, how: str, report: P
         p = nn.Parameter(torch.zeros(4, 2))
         p.grad = torch.ones(4, 2).to_sparse(1)
         try:
-            sync_sparse_gradients([p], context)
+            sync_gradients([p], context)
         except RuntimeError as error:
             report.write_text(f"{time.perf_counter() - start:.2f}\n{error}")
 
@@ -313,16 +361,106 @@ def test_a_failed_or_stalled_rank_makes_the_other_raise(tmp_path, how):
         process.join(timeout=30)
     assert not any(process.is_alive() for process in ranks)
     seconds, message = report.read_text().split("\n", 1)
-    assert message.startswith("rank 0 of 2: sparse gradient sizes failed; another rank has probably exited")
+    assert message.startswith("rank 0 of 2: gradient all-gather failed; another rank has probably exited"), message
     assert float(seconds) < (10 if how == "raise" else timeout_s + 10)
     assert ranks[0].exitcode == 0 and ranks[1].exitcode == (1 if how == "raise" else 0)
 
 
 
+# --- the backend's device: a stand-in for NCCL that refuses CPU tensors ---------------------------------------------
+# NCCL serves only CUDA tensors. On a CPU-only machine, torch's lazy device (executed by TorchScript on the CPU)
+# stands in for the GPU: "lazy:accelerator_only" gives every lazy tensor to a process group that refuses any
+# other device, as NCCL refuses CPU tensors, and computes on copies with gloo.
+class _Done(dist._Work):
+    def wait(self, timeout=None) -> bool:
+        return True
+
+
+class AcceleratorOnlyGroup(dist.ProcessGroup):
+    """gloo underneath; a RuntimeError for any tensor not on the lazy device (NCCL's CPU-tensor rule)."""
+
+    def __init__(self, store, rank: int, size: int, timeout) -> None:
+        super().__init__(rank, size)
+        self.gloo = dist.ProcessGroupGloo(dist.PrefixStore("gloo", store), rank, size, timeout)
+
+    def _on_cpu(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        for t in tensors:
+            if t.device.type != "lazy":
+                raise RuntimeError(f"no backend for device type {t.device.type} (the accelerator's backend)")
+        return [t.cpu() for t in tensors]
+
+    def _back(self, tensors: list[torch.Tensor], copies: list[torch.Tensor]) -> _Done:
+        for t, c in zip(tensors, copies, strict=True):
+            t.copy_(c.to(t.device))
+        return _Done()
+
+    def allreduce(self, tensors, opts):
+        copies = self._on_cpu(tensors)
+        self.gloo.allreduce(copies, opts).wait()
+        return self._back(tensors, copies)
+
+    def all_gather_single(self, output, input, opts=None):
+        out, (local,) = self._on_cpu([output])[0], self._on_cpu([input])
+        self.gloo._allgather_base(out, local).wait()
+        return self._back([output], [out])
+
+    def broadcast(self, tensors, opts):
+        copies = self._on_cpu(tensors)
+        self.gloo.broadcast(copies, opts).wait()
+        return self._back(tensors, copies)
+
+    def barrier(self, opts=None):
+        self.gloo.barrier().wait()
+        return _Done()
+
+    def getBackendName(self) -> str:
+        return "accelerator_only"
+
+
+def _accelerator_entry(rank: int, port: int, check, args) -> None:
+    import torch._lazy.ts_backend
+
+    torch.set_num_threads(1)
+    torch._lazy.ts_backend.init()
+    dist.Backend.register_backend("accelerator_only", AcceleratorOnlyGroup, devices=["lazy"])
+    dist.init_process_group("lazy:accelerator_only", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=timedelta(seconds=60))
+    check(DistributedContext(rank, WORLD, rank, torch.device("lazy"), "accelerator_only"), *args)
+
+
+def _check_collectives_on_the_accelerator(context: DistributedContext) -> None:
+    with pytest.raises(RuntimeError, match="no backend for device type cpu"):  # the stand-in refuses the CPU
+        dist.all_reduce(torch.zeros(1))
+    with pytest.raises(RuntimeError, match=r"^rank \d of 2: probe failed on this rank \(accelerator_only on lazy"):
+        context.run("probe", lambda: dist.all_reduce(torch.zeros(1)))  # not blamed on another rank
+    seconds = torch.tensor(10.0 + context.rank)  # a CPU clock reading, as the loop's time budget averages it
+    assert context.mean(seconds).item() == 10.5
+    assert context.any(context.rank == 0) and not context.any(False)
+    assert context.broadcast_object(["cut lr", context.rank]) == ["cut lr", 0]
+    context.barrier()
+    state = (torch.full((1, 1, 2), float(context.rank)),) * 2  # CPU recurrent state rows, (layers, B/W, H)
+    assert gather_state(state, context)[0][0, :, 0].tolist() == [0.0, 1.0]
+    dense, rows = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(4, 2))
+    dense.grad = torch.full((3,), float(context.rank))
+    rows.grad = torch.sparse_coo_tensor(torch.tensor([[context.rank]]), torch.ones(1, 2), (4, 2))
+    sync_gradients([dense, rows], context)
+    assert dense.grad.tolist() == [0.5] * 3 and rows.grad.to_dense()[:2, 0].tolist() == [0.5, 0.5]
+    p = nn.Parameter(torch.full((2,), float(context.rank)))
+    context.broadcast_(p.data)
+    assert p.tolist() == [0.0, 0.0]
+
+
+def test_every_collective_runs_on_the_backends_device():
+    pytest.importorskip("torch._lazy.ts_backend")
+    mp.start_processes(_accelerator_entry, args=(_free_port(), _check_collectives_on_the_accelerator, ()),
+                       nprocs=WORLD, start_method=START)
+
+
 # --- under torchrun itself --------------------------------------------------------------------------------------
 TORCHRUN_SCRIPT = '''
 import sys, time, torch
-from ebm.lm.distributed import DistributedContext, sync_sparse_gradients
+from ebm.harness.context import DistributedContext
+from ebm.lm.distributed import sync_gradients
 with DistributedContext.from_env("cpu") as context:
     if sys.argv[1] == "fail" and context.rank == 0:
         raise ValueError("rank 0 fails on purpose")
@@ -330,7 +468,7 @@ with DistributedContext.from_env("cpu") as context:
         time.sleep(120)  # busy outside any collective: only torchrun can stop it
     p = torch.nn.Parameter(torch.zeros(4, 2))
     p.grad = torch.sparse_coo_tensor(torch.tensor([[context.rank]]), torch.ones(1, 2), (4, 2), check_invariants=True)
-    sync_sparse_gradients([p], context)
+    sync_gradients([p], context)
     print(f"rank {context.rank} of {context.world_size}: {p.grad.to_dense()[:2, 0].tolist()}")
 '''
 

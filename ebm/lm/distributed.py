@@ -1,224 +1,88 @@
-"""Data-parallel training of the language models across processes (torchrun), with sparse embedding rows.
+"""Data-parallel training of the language models across processes (torchrun): the same run at any world size.
 
 Launch: ``torchrun --nproc-per-node N train.py --dataset ...`` (one node), or on every node
-``torchrun --nnodes M --node-rank i --master-addr HOST --master-port PORT --nproc-per-node N train.py ...``
-(or torchrun's ``--rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id JOB``). torchrun sets RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; ``DistributedContext.from_env`` reads them and, without
-them, gives a single-process context, so the training loop has one code path:
+``torchrun --nnodes M --node-rank i --master-addr HOST --master-port PORT --nproc-per-node N train.py ...``.
+``ebm.harness.context.DistributedContext.from_env`` reads torchrun's variables (or gives one process), and
+the loop has one code path:
 
-    context = DistributedContext.from_env(config.device)            # gloo on CPU, NCCL on CUDA
-    check_global_batch(config.batch_size, context.world_size)       # before any work
-    model = build_model(config, counts).to(context.device)
-    parallel = DistributedLM(model, context)                         # rank 0's parameters on every rank
-    noise = torch.Generator().manual_seed(config.seed)               # the SAME seed on every rank
-    for input, target in batches:                                    # every rank reads the same global batch
-        input, target = (shard_rows(x, context.rank, context.world_size) for x in (input, target))
-        loss, state = parallel.loss(input, target, state, generator=noise)
+    context = DistributedContext.from_env(config.device)            # gloo on CPU, NCCL on CUDA, or one process
+    check_global_batch(config.batch_size, context.world_size, micro_batches)   # before any work
+    parallel = DistributedLM(model.to(context.device), context)       # rank 0's parameters on every rank
+    noise = torch.Generator().manual_seed(config.seed)                # the SAME seed on every rank
+    for step, (input, target, mask) in enumerate(batches):            # every rank reads the same global batch
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()                                              # DDP averages the dense gradients
-        parallel.sync_sparse_gradients()                             # then the sparse rows
+        loss, state = parallel.forward_backward(input, target, state, mask, noise=noise,
+                                                dropout_seed=step_seed(config.seed, step), micro_batches=M)
         ... weight decay, clipping, optimizer.step() exactly as in one process
     assert_identical(model, context, [noise])
-    context.close()
 
-**The global batch.** ``--batch-size`` B is the global batch: every rank builds the same batches (same data
-order, same seeds) and keeps rows ``[r·B/W, (r+1)·B/W)`` of each (``shard_rows``), so each rank's recurrent
-state always follows the same rows. B must be divisible by the world size W.
+**The global batch.** ``--batch-size`` B is the global batch: every rank builds the same batches and keeps rows
+``[r·B/W, (r+1)·B/W)`` (``shard_rows``), cut into M micro-batches when accumulating; B must be divisible by W·M
+(sentence batches are padded with masked rows instead). Shard s of S = W·M is micro-batch j of rank r, s = r·M + j.
 
-**Dense gradients** (recurrent layers, projections, a learned norm) are averaged by
-``DistributedDataParallel``: bucketed all-reduces overlapped with the backward pass. DDP hooks the loss into
-its reducer only through ``forward``, so ``DistributedLM`` wraps the model in a module whose ``forward`` is
-``model.loss`` (``LossForward``) and hands that to DDP.
+**The same random numbers as one process.** Everything random is drawn for the whole global batch from a
+generator seeded alike on every rank, and each shard keeps its rows:
+- noise words (``SampledOutput.noise_shard``): the draws of all R real rows; the noise generator is rewound
+  before each micro-batch, so it advances exactly as one process's;
+- dropout masks (``RNNLM.shard_dropout``): a generator on the training device reseeded with
+  ``step_seed(seed, step)`` before each micro-batch, masks of shape (R, …) of which the shard keeps its rows
+  (between the recurrent layers too: ``RNNLM`` runs them one by one in training to own that mask);
+- the self-normalisation penalty's token sample: a permutation of the global batch's R·T tokens.
+Every token then meets the noise and masks it meets in one process; with per-token weights n_s·W/N (n_s the
+shard's tokens, N the global batch's) the mean over ranks of Σ_j weight·loss is the global token mean:
+(1/W) Σ_s (n_s W / N)(1/n_s) Σ_{t ∈ s} ℓ_t = (1/N) Σ_t ℓ_t.
 
-**Sparse gradients** (the input embedding with ``sparse=True``; the output embedding and bias under a sampled
-loss) are kept out of DDP with ``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``: NCCL
-has no sparse all-reduce (pytorch/pytorch#22400) and DDP with sparse gradients and unused parameters fails
-(#80496). ``sync_sparse_gradients`` averages them instead by gathering rows: each rank coalesces its gradient
-to (rows (n_r,), values (n_r, …)), all ranks all-gather the sizes n_r, pad to max n_r, all-gather rows and
-values, cut the padding, and coalesce locally:
+**One collective per step.** After the last micro-batch's backward, ``sync_gradients`` packs every gradient
+into one byte buffer: a header of codes (−2 no gradient, −1 dense, n ≥ 0 sparse rows), the dense gradients
+(recurrent layers, projections, a learned norm, a tied matrix under the full softmax) and the coalesced sparse
+rows (rows int64 (n,), values (n, …)) of the input and output embeddings. One all-gather of a fixed size C
+carries the buffers; every rank then reduces them alike:
 
-    g = (1/W) Σ_r Σ_{i: rows_r[i] = v} values_r[i]   for every row v touched on some rank,
+    g = (1/W) Σ_r g_r (dense),     g_v = (1/W) Σ_r Σ_{i: rows_r[i] = v} values_r[i] (sparse, touched rows only),
 
-the mean gradient (DDP's convention), on every rank, holding only the union of touched rows. Each rank sends
-max_r n_r · (8 + 4·H) bytes per parameter instead of V·H·4: a step touches its targets and the k noise words,
-a few thousand rows, against V of 10⁵–10⁶ (bench/bench_sparse_sync.py gives the figures). The same calls
-work on gloo and NCCL (all_gather of dense tensors).
+DDP's mean, holding only the union of touched rows. C is the largest buffer seen so far plus 1/8: a step whose
+buffer outgrows it (every rank sees every header) gathers once more at the new size. A parameter that no rank
+gave a gradient (a learned norm under the full softmax) keeps ``grad = None`` on every rank, as in one process.
+A ring all-gather sends C·(W − 1) bytes per rank; a dense all-reduce of the same gradients 2(W − 1)/W·V·H·4:
+at W = 2 the dense part costs the same and the rows a few thousand instead of V (bench/bench_sparse_sync.py).
 
-**One noise draw for all ranks.** Every rank holds a CPU ``torch.Generator`` seeded with the same seed and
-uses it only for the noise, so every rank draws exactly what a single process holding the whole global batch
-would draw, and keeps its own part: with noise shared by the batch (``noise_sharing="batch"``), the same k
-words on every rank; with a draw per sequence (or per token), the draws of the whole global batch, of which
-each rank keeps its rows' (``SampledOutput.noise_shard``). Every token is then contrasted with the noise it
-would meet in one process, so each token's loss is the same function of its context, target and noise, and
-with equal shards the mean of the ranks' mean losses is the mean over the global batch:
-(1/W) Σ_r (1/n) Σ_{t ∈ shard r} ℓ_t = (1/(W n)) Σ_t ℓ_t. With shared noise the rows a step touches are its
-targets plus k noise words, not k per rank. The generator's state is the same on every rank, so rank 0's
-checkpoint of it resumes every rank.
+**Decisions must be collective.** Anything that ends or branches the loop uses ``context.any``/``context.mean``,
+and values decided from one rank's evaluation (a plateau lr cut, a calibrated norm) come from
+``context.broadcast_object``. Only rank 0 (``context.is_main``) writes files.
 
-**Losses over masked tokens.** ``model.loss`` averages over the rank's own unmasked tokens. When shards hold
-different numbers of tokens (padded sentences), multiply each rank's loss by ``global_mean_weight``,
-n_r·W / Σ_r n_r, before ``backward``: DDP's average then is the mean over all tokens of the global batch.
-
-**Decisions must be collective.** Anything that ends or branches the loop (a divergence check, a time
-budget) must give the same answer on every rank, or the ranks that go on wait for the others in their next
-collective: use ``context.mean`` (the global running loss) and ``context.any`` (any rank out of time).
-Only rank 0 (``context.is_main``) writes files.
-
-**When a rank fails.** torchrun's agent watches its workers; when one exits with an error it stops the
-others on that node (no restarts unless ``--max-restarts``) and prints the failing rank's error (with its
-traceback when the entry point is wrapped in ``torch.distributed.elastic.multiprocessing.errors.record``).
-Ranks on other nodes, or processes started another way, are left in a collective: on gloo the closed
-connection makes that collective raise at once, and otherwise every collective gives up after the
-``timeout`` given to ``DistributedContext.from_env``. The collectives of this module re-raise such errors
-naming the rank and the likely cause; ``DistributedContext`` used as a context manager shuts the process
-group down on the way out, also after an error, which closes the failing rank's connections.
+**When a rank fails.** torchrun stops the other ranks on its node; ranks elsewhere raise from their next
+collective (at once on gloo, else after the context's timeout) with a message naming the rank
+(``DistributedContext.run``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
-from ebm.utils import get_device
+from ebm.harness.context import DistributedContext
 
-DEFAULT_TIMEOUT = timedelta(minutes=10)  # how long a collective waits for the other ranks
-_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-_T = TypeVar("_T")
-
-
-@dataclass
-class DistributedContext:
-    """Where this process stands in a (possibly single-process) run.
-
-    Attributes:
-        rank: this process's rank in [0, world_size).
-        world_size: W, the number of processes.
-        local_rank: the rank on this node (chooses the GPU).
-        device: the device this rank trains on (``cuda:<local_rank>`` on GPUs).
-        backend: "gloo" or "nccl", or None when no process group was started (single process).
-        timeout: how long a collective waits for the other ranks before it raises.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    backend: str | None = None
-    timeout: timedelta = DEFAULT_TIMEOUT
-
-    @classmethod
-    def from_env(cls, device: str = "auto", timeout: timedelta = DEFAULT_TIMEOUT) -> DistributedContext:
-        """The context described by torchrun's environment variables, with its process group started.
-
-        Without RANK and WORLD_SIZE (a plain ``python train.py``): one process on ``get_device(device)``.
-        Under torchrun: "auto" and "cuda" mean ``cuda:<LOCAL_RANK>`` with NCCL, "cpu" (or "auto" without a
-        GPU) means gloo; MPS has no distributed backend and is an error.
-        """
-        environ = os.environ
-        if "RANK" not in environ and "WORLD_SIZE" not in environ:
-            return cls(device=get_device(device), timeout=timeout)
-        missing = [name for name in _TORCHRUN_VARIABLES if name not in environ]
-        if missing:
-            raise ValueError(f"incomplete torchrun environment: {', '.join(missing)} not set "
-                             f"(launch with torchrun, which sets {', '.join(_TORCHRUN_VARIABLES)})")
-        rank, world_size, local_rank = (int(environ[name]) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-        if not 0 <= rank < world_size:
-            raise ValueError(f"RANK must be in [0, WORLD_SIZE), got RANK={rank}, WORLD_SIZE={world_size}")
-        kind = device.split(":")[0]
-        if kind == "auto":
-            kind = "cuda" if torch.cuda.is_available() else "cpu"
-        if kind == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError("device 'cuda' was requested but CUDA is not available; use --device cpu")
-            train_device, backend = torch.device("cuda", local_rank), "nccl"
-            torch.cuda.set_device(train_device)
-        elif kind == "cpu":
-            train_device, backend = torch.device("cpu"), "gloo"
-        else:
-            raise ValueError(f"distributed training runs on cuda (NCCL) or cpu (gloo), not {device!r}")
-        if not dist.is_initialized():
-            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
-                                    timeout=timeout)
-        return cls(rank, world_size, local_rank, train_device, backend, timeout)
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0, the only rank that writes files and prints."""
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        """True when a process group runs (launched by torchrun), even with one process."""
-        return self.backend is not None
-
-    def run(self, what: str, collective: Callable[[], _T]) -> _T:
-        """``collective()``, with a failure re-raised as a RuntimeError naming this rank and the likely cause."""
-        try:
-            return collective()
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"rank {self.rank} of {self.world_size}: {what} failed; another rank has probably exited "
-                f"(see its error above) or stopped answering for the {self.timeout} timeout: {error}"
-            ) from error
-
-    def barrier(self) -> None:
-        """Wait until every rank gets here (a no-op in one process)."""
-        if self.world_size > 1:
-            self.run("barrier", dist.barrier)
-
-    def mean(self, value: Tensor) -> Tensor:
-        """The mean of ``value`` over ranks (the same tensor on every rank), e.g. the global running loss."""
-        if self.world_size == 1:
-            return value
-        total = value.detach().clone()
-        self.run("mean over ranks", lambda: dist.all_reduce(total))
-        return total / self.world_size
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on some rank (stop together: time budget, divergence)."""
-        if self.world_size == 1:
-            return flag
-        votes = torch.tensor([int(flag)], device=self.device)
-        self.run("vote over ranks", lambda: dist.all_reduce(votes, op=dist.ReduceOp.MAX))
-        return bool(votes.item())
-
-    def close(self) -> None:
-        """Shut the process group down (its connections close; peers still waiting get an error)."""
-        if self.backend is not None and dist.is_initialized():
-            dist.destroy_process_group()
-        self.backend = None
-
-    def __enter__(self) -> DistributedContext:
-        return self
-
-    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        # After a failure the group is left for the process's exit to tear down: destroying it while a failed
-        # collective's gloo thread still releases tensors can deadlock (seen in CI: ~ProcessGroupGloo joins a
-        # run-loop thread that waits for the GIL the destructor holds). The sockets close when the process ends,
-        # so peers still get their error.
-        self.backend = None
+_ALIGN = 8  # bytes: every packed tensor starts on a multiple of int64's size
+_NONE, _DENSE = -2, -1  # header codes (n ≥ 0: sparse with n rows)
+State = Tensor | tuple[Tensor, ...] | None
 
 
-def check_global_batch(batch_size: int, world_size: int) -> None:
-    """ValueError unless the global batch of ``batch_size`` rows splits evenly over ``world_size`` ranks."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be positive, got {world_size}")
-    if batch_size < 1 or batch_size % world_size:
+def check_global_batch(batch_size: int, world_size: int, micro_batches: int = 1) -> None:
+    """ValueError unless the global batch of ``batch_size`` rows splits evenly over ``world_size`` ranks and each
+    rank's rows into ``micro_batches`` micro-batches."""
+    if world_size < 1 or micro_batches < 1:
+        raise ValueError(f"world_size and micro_batches must be positive, got {world_size} and {micro_batches}")
+    shards = world_size * micro_batches
+    if batch_size < 1 or batch_size % shards:
         raise ValueError(f"the global batch size {batch_size} must be a positive multiple of the world size "
-                         f"{world_size} (each rank reads batch_size / world_size rows); choose e.g. "
-                         f"{max(world_size, batch_size // world_size * world_size)}")
+                         f"{world_size}" + (f" times the micro-batches {micro_batches}" if micro_batches > 1 else "")
+                         + f" (each rank reads batch_size / world_size rows); choose e.g. "
+                         f"{max(shards, batch_size // shards * shards)}")
 
 
 def shard_rows(batch: Tensor, rank: int, world_size: int) -> Tensor:
@@ -230,163 +94,230 @@ def shard_rows(batch: Tensor, rank: int, world_size: int) -> Tensor:
     return batch[rank * rows : (rank + 1) * rows]
 
 
-def global_mean_weight(local_tokens: int, context: DistributedContext) -> float:
-    """n_r·W / Σ_r n_r: multiplying each rank's mean loss by it makes DDP's average the global token mean.
-
-    (1/W) Σ_r (n_r W / N) · (1/n_r) Σ_{t ∈ r} ℓ_t = (1/N) Σ_t ℓ_t with N = Σ_r n_r; 1 when shards are equal.
-    Collective: every rank must call it. 0 when no rank has a token (every loss is then 0 anyway).
-    """
-    if context.world_size == 1:
-        return 1.0
-    total = torch.tensor([local_tokens], dtype=torch.int64, device=context.device)
-    context.run("token count", lambda: dist.all_reduce(total))
-    return local_tokens * context.world_size / int(total.item()) if int(total.item()) else 0.0
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s dropout masks: a function of the run's position only, the same on every rank,
+    so a resumed run and a run on any number of processes draw the masks of the uninterrupted one-process run."""
+    return (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 1) % 2**63
 
 
-def _gather(context: DistributedContext, what: str, tensor: Tensor) -> list[Tensor]:
-    parts = [torch.empty_like(tensor) for _ in range(context.world_size)]
-    context.run(what, lambda: dist.all_gather(parts, tensor.contiguous()))
-    return parts
+# --- gradients: one packed all-gather ----------------------------------------------------------------------------
+def _padded(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
 
 
-def _local_rows(param: nn.Parameter) -> tuple[Tensor, Tensor] | None:
-    """This rank's gradient of ``param`` as (rows (n,), values (n, …)), coalesced; None when it is dense."""
+def _local_part(param: nn.Parameter) -> tuple[int, list[Tensor]]:
+    """(header code, tensors to send) for this rank's gradient of ``param``."""
     grad = param.grad
     if grad is None:
-        return param.new_empty(0, dtype=torch.int64), param.new_empty((0, *param.shape[1:]))
+        return _NONE, []
+    if grad.dtype != param.dtype:
+        raise ValueError(f"a gradient of dtype {grad.dtype} for a parameter of dtype {param.dtype}")
     if not grad.is_sparse:
-        return None
+        return _DENSE, [grad]
     if grad.sparse_dim() != 1:
         raise ValueError(f"sparse gradients must index rows (sparse_dim 1), got sparse_dim {grad.sparse_dim()}")
     grad = grad.coalesce()
-    return grad.indices()[0], grad.values()
+    return grad.indices().shape[1], [grad.indices()[0], grad.values()]
 
 
-def sync_sparse_gradients(params: Iterable[nn.Parameter], context: DistributedContext) -> int:
-    """Replace each parameter's gradient by its mean over ranks, sending only the rows this rank touched.
-
-    Sparse gradients (rows of a (V, …) parameter): all-gather the sizes, then the padded (rows, values), and
-    coalesce: g_v = (1/W) Σ_r Σ_{i: rows_r[i] = v} values_r[i] over the union of touched rows (module
-    docstring). A missing gradient counts as no rows; a parameter no rank touched keeps ``grad = None``.
-    When some rank holds a dense gradient (a tied embedding under the full softmax), every rank
-    all-reduces it densely instead. Afterwards every rank holds the same gradients.
-
-    Collective: every rank must call it with the same parameters in the same order.
-    Returns the bytes of this rank's send buffers (sizes, padded rows and values, or dense gradients).
-    """
-    params = list(params)
-    if context.world_size == 1 or not params:
-        return 0
-    local = [_local_rows(p) for p in params]
-    sizes = torch.tensor([-1 if rows is None else rows[0].numel() for rows in local], device=params[0].device)
-    all_sizes = torch.stack(_gather(context, "sparse gradient sizes", sizes)).tolist()  # [rank][param]
-    sent = sizes.numel() * sizes.element_size()
-    for i, (param, rows_values) in enumerate(zip(params, local, strict=True)):
-        counts = [rank_sizes[i] for rank_sizes in all_sizes]
-        if min(counts) < 0:
-            sent += _all_reduce_dense(param, context)
-        elif max(counts) > 0:
-            sent += _gather_rows(param, *rows_values, counts, context)
-        else:
-            param.grad = None
-    return sent
+def _pack(parts: list[tuple[int, list[Tensor]]], capacity: int, device: torch.device) -> Tensor:
+    """This rank's buffer (capacity,) uint8: header int64 (P + 1,) = codes and total bytes, then each tensor's
+    bytes from a multiple of 8, on ``device`` (the gradients'); the payload is left out when the total exceeds
+    ``capacity`` (the header always fits)."""
+    header = torch.tensor([code for code, _ in parts] + [0], dtype=torch.int64)
+    total = header.numel() * 8 + sum(_padded(t.numel() * t.element_size()) for _, ts in parts for t in ts)
+    header[-1] = total
+    buffer = torch.zeros(max(capacity, header.numel() * 8), dtype=torch.uint8, device=device)
+    buffer[: header.numel() * 8].copy_(header.view(torch.uint8))
+    if total <= buffer.numel():
+        offset = header.numel() * 8
+        for _, tensors in parts:
+            for t in tensors:
+                buffer[offset : offset + t.numel() * t.element_size()].view(t.dtype).copy_(t.reshape(-1))
+                offset += _padded(t.numel() * t.element_size())
+    return buffer
 
 
-def _gather_rows(param: nn.Parameter, rows: Tensor, values: Tensor, counts: list[int],
-                 context: DistributedContext) -> int:
-    width = max(counts)
-    padded_rows = torch.zeros(width, dtype=torch.int64, device=param.device)  # (max n_r,)
-    padded_values = values.new_zeros((width, *values.shape[1:]))  # (max n_r, …)
-    padded_rows[: rows.numel()] = rows
-    padded_values[: rows.numel()] = values
-    all_rows = _gather(context, "sparse gradient rows", padded_rows)
-    all_values = _gather(context, "sparse gradient values", padded_values)
-    rows = torch.cat([part[:n] for part, n in zip(all_rows, counts, strict=True)])  # (Σ n_r,)
-    values = torch.cat([part[:n] for part, n in zip(all_values, counts, strict=True)])  # (Σ n_r, …)
+def _unpack(buffer: Tensor, params: list[nn.Parameter]) -> list[tuple[int, list[Tensor]]]:
+    """One rank's buffer → (code, [dense] or [rows, values] or []) per parameter (views of ``buffer``)."""
+    codes = buffer[: len(params) * 8].view(torch.int64).tolist()
+    offset, parts = (len(params) + 1) * 8, []
+    for param, code in zip(params, codes, strict=True):
+        shapes = [] if code == _NONE else [(param.shape, param.dtype)] if code == _DENSE else [
+            ((code,), torch.int64), ((code, *param.shape[1:]), param.dtype)]
+        tensors = []
+        for shape, dtype in shapes:
+            numel = torch.Size(shape).numel()
+            nbytes = numel * dtype.itemsize
+            tensors.append(buffer[offset : offset + nbytes].view(dtype).view(shape))
+            offset += _padded(nbytes)
+        parts.append((code, tensors))
+    return parts
+
+
+def _mean_gradient(param: nn.Parameter, ranks: list[tuple[int, list[Tensor]]], world_size: int) -> Tensor | None:
+    """(1/W) Σ_r of the ranks' gradients of ``param``: dense when some rank's is dense, else sparse rows."""
+    given = [(code, tensors) for code, tensors in ranks if code != _NONE]
+    if all(code == 0 for code, _ in given):
+        return None  # no rank touched it (an empty list too)
+    if any(code == _DENSE for code, _ in given):
+        total = torch.zeros_like(param)
+        for code, tensors in given:
+            if code == _DENSE:
+                total += tensors[0]
+            else:
+                total.index_add_(0, tensors[0], tensors[1])
+        return total / world_size
+    rows = torch.cat([tensors[0] for _, tensors in given])  # (Σ n_r,)
+    values = torch.cat([tensors[1] for _, tensors in given])  # (Σ n_r, …)
     total = torch.sparse_coo_tensor(rows.unsqueeze(0), values, param.shape, check_invariants=False).coalesce()
-    param.grad = torch.sparse_coo_tensor(total.indices(), total.values() / context.world_size, param.shape,
-                                         check_invariants=False, is_coalesced=True)
-    return padded_rows.numel() * padded_rows.element_size() + padded_values.numel() * padded_values.element_size()
+    return torch.sparse_coo_tensor(total.indices(), total.values() / world_size, param.shape,
+                                   check_invariants=False, is_coalesced=True)
 
 
-def _all_reduce_dense(param: nn.Parameter, context: DistributedContext) -> int:
-    grad = param.grad
-    grad = torch.zeros_like(param) if grad is None else grad.to_dense() if grad.is_sparse else grad
-    context.run("dense gradient all-reduce", lambda: dist.all_reduce(grad))
-    param.grad = grad / context.world_size
-    return grad.numel() * grad.element_size()
+class GradientSync:
+    """Replaces each parameter's gradient by its mean over ranks with one all-gather per step (module docstring).
 
-
-class LossForward(nn.Module):
-    """``forward(*args, **kwargs) = model.loss(*args, **kwargs)``: the loss as a forward pass, for DDP.
-
-    DDP prepares its reducer (which gradients to expect) in ``forward``; the language models compute their
-    training loss in ``loss``, so DDP wraps this module, not the model.
+    Collective: every rank calls it with the same parameters in the same order. ``capacity`` (bytes per rank)
+    grows to the largest buffer seen plus 1/8, identically on every rank. Calling it returns the bytes this
+    rank sent (C per all-gather); in one process it leaves the gradients as they are and returns 0.
     """
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+    def __init__(self, params: Iterable[nn.Parameter], context: DistributedContext):
+        self.params = list({id(p): p for p in params if p.requires_grad}.values())
+        self.context = context
+        self.capacity = 0
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model.loss(*args, **kwargs)
+    def __call__(self) -> int:
+        if self.context.world_size == 1 or not self.params:
+            return 0
+        parts = [_local_part(p) for p in self.params]
+        sent = 0
+        while True:
+            buffer = _pack(parts, self.capacity, self.params[0].device)
+            gathered = self.context.all_gather(buffer, "gradient all-gather")  # (W, C) uint8
+            sent += buffer.numel()
+            totals = [int(gathered[r, len(self.params) * 8 : (len(self.params) + 1) * 8].view(torch.int64))
+                      for r in range(self.context.world_size)]
+            if max(totals) <= buffer.numel():
+                break
+            self.capacity = _padded(max(totals) + max(totals) // 8)  # every rank sees every total: all agree
+        ranks = [_unpack(gathered[r], self.params) for r in range(self.context.world_size)]
+        for i, param in enumerate(self.params):
+            param.grad = _mean_gradient(param, [parts_r[i] for parts_r in ranks], self.context.world_size)
+        return sent
 
 
-def row_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters synchronised by rows: ``model.sparse_parameters()`` and sparse ``nn.Embedding`` weights."""
-    params = list(model.sparse_parameters()) if hasattr(model, "sparse_parameters") else []
-    params += [m.weight for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse]
-    return list({id(p): p for p in params if p.requires_grad}.values())
+def sync_gradients(params: Iterable[nn.Parameter], context: DistributedContext) -> int:
+    """One-off ``GradientSync(params, context)()``: every gradient replaced by its mean over ranks; bytes sent."""
+    return GradientSync(params, context)()
 
 
+# --- the model on this rank's rows ---------------------------------------------------------------------------------
 class DistributedLM:
-    """A language model trained on this rank's shard: dense gradients through DDP, sparse rows by gathering.
+    """A language model trained on this rank's rows of each global batch, gradients averaged in one all-gather.
 
-    ``loss(...)`` runs ``model.loss(...)`` (through DDP when there are several ranks and dense parameters);
-    after ``backward`` every rank holds the mean dense gradients, and ``sync_sparse_gradients()`` averages
-    the sparse rows. On construction every rank takes rank 0's parameters and buffers. ``model`` stays the
-    plain module: evaluate it and save its ``state_dict`` as in one process.
+    On construction every rank takes rank 0's parameters and buffers. ``model`` stays the plain module:
+    evaluate it and save its ``state_dict`` as in one process.
 
     Args:
-        model: a model with ``loss(input, target, state, mask, ...)`` (RNNLM, GenericNCELM), on context.device.
+        model: a model with ``loss(input, target, state, mask, generator)`` (RNNLM, GenericNCELM), on
+            context.device; an ``output`` with ``noise_shard`` and a ``shard_dropout`` method are used when present.
         context: the ``DistributedContext``.
-        rows: the parameters to synchronise by rows (default ``row_parameters(model)``).
     """
 
-    def __init__(self, model: nn.Module, context: DistributedContext, rows: Iterable[nn.Parameter] | None = None):
+    def __init__(self, model: nn.Module, context: DistributedContext):
         self.model = model
         self.context = context
-        self.rows = row_parameters(model) if rows is None else list(rows)
-        loss_module = LossForward(model)
-        row_ids = {id(p) for p in self.rows}
-        dense = [p for p in model.parameters() if p.requires_grad and id(p) not in row_ids]
-        if context.world_size > 1:
-            self._broadcast_from_main([*self.rows, *model.buffers()])
-            if dense:
-                ignored = [f"{module_name}.{name}" for module_name, module in loss_module.named_modules()
-                           for name, p in module.named_parameters(recurse=False) if id(p) in row_ids]
-                ignored += [name for name, _ in loss_module.named_buffers()]  # built alike on every rank
-                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss_module, ignored)
-                device_ids = [context.device.index] if context.device.type == "cuda" else None
-                loss_module = context.run("DDP set-up", lambda: DistributedDataParallel(loss_module, device_ids))
-        self._loss = loss_module
+        self.sync_gradients = GradientSync(model.parameters(), context)
+        self.dropout_generator = torch.Generator(context.device)
+        for tensor in [*model.parameters(), *model.buffers()]:
+            context.broadcast_(tensor.data)
 
-    def _broadcast_from_main(self, tensors: list[Tensor]) -> None:
-        for tensor in tensors:
-            self.context.run("broadcast from rank 0", lambda t=tensor: dist.broadcast(t.data, src=0))
+    def forward_backward(self, input: Tensor, target: Tensor, state: State = None, mask: Tensor | None = None, *,
+                         noise: torch.Generator, dropout_seed: int, micro_batches: int = 1,
+                         amp: bool = False) -> tuple[Tensor, State]:
+        """Gradients of the global batch's mean loss, averaged over ranks, accumulated into ``.grad``.
 
-    def loss(self, *args: Any, **kwargs: Any) -> Any:
-        """``model.loss(*args, **kwargs)`` on this rank's shard, e.g. (loss, state) for the RNNLM."""
-        return self._loss(*args, **kwargs)
+        input, target: (B, T) the global batch (every rank passes the same); mask (B, T) or None; state: this
+        rank's rows' recurrent state (layers, B/W, H) or None. The rank keeps its rows, runs them as
+        ``micro_batches`` forward/backward passes (gradient accumulation) under bfloat16 autocast with ``amp``,
+        then synchronises. Returns (this rank's share of the loss, (1/W)·mean over ranks = the global mean loss;
+        the new state of its rows, detached).
+        """
+        context, shards = self.context, self.context.world_size * micro_batches
+        real_rows = len(input)
+        if mask is not None and real_rows % shards:  # padded sentence batches: fully masked rows, never scored
+            input, target, mask = (torch.cat([x, x.new_zeros((-real_rows % shards, *x.shape[1:]))])
+                                   for x in (input, target, mask))
+        check_global_batch(len(input), context.world_size, micro_batches)
+        global_tokens = int(mask.sum()) if mask is not None else target.numel()
+        rows = len(input) // shards
+        start, total, new_state = noise.get_state(), torch.zeros((), device=context.device), []
+        for j in range(micro_batches):
+            shard = context.rank * micro_batches + j
+            part = slice(shard * rows, (shard + 1) * rows)
+            self._shard_randomness(shard, shards, real_rows, noise, start, dropout_seed)
+            x, y = input[part].to(context.device), target[part].to(context.device)
+            m = mask[part].to(context.device) if mask is not None else None
+            h = _rows_of_state(state, j * rows, (j + 1) * rows)
+            autocast = torch.autocast(context.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+            with autocast:
+                loss, h = self.model.loss(x, y, h, m, generator=noise)
+            tokens = int(m.sum()) if m is not None else y.numel()
+            weight = tokens * context.world_size / global_tokens if global_tokens else 0.0
+            (loss * weight).backward()
+            total += loss.detach().float() * weight
+            new_state.append(h)
+        self.sync_gradients()
+        return total, _join_states(new_state)
 
-    def sync_sparse_gradients(self) -> int:
-        """Average the sparse rows over ranks (after ``backward``); returns this rank's bytes sent."""
-        return sync_sparse_gradients(self.rows, self.context)
+    def _shard_randomness(self, shard: int, shards: int, real_rows: int, noise: torch.Generator,
+                          start: Tensor, dropout_seed: int) -> None:
+        """Noise and dropout of shard ``shard`` of ``shards`` drawn for the whole global batch of ``real_rows``."""
+        noise.set_state(start)  # every micro-batch draws the global batch's noise from the same position
+        self.dropout_generator.manual_seed(dropout_seed)
+        output = getattr(self.model, "output", None)
+        if hasattr(output, "noise_shard"):
+            output.noise_shard = (shard, shards, real_rows)
+        if hasattr(self.model, "shard_dropout"):
+            self.model.shard_dropout(self.dropout_generator, shard, shards, real_rows)
 
 
-def _digest(tensor: Tensor) -> str:
+def _rows_of_state(state: State, start: int, stop: int) -> State:
+    if state is None:
+        return None
+    return tuple(s[:, start:stop] for s in state) if isinstance(state, tuple) else state[:, start:stop]
+
+
+def _join_states(states: list[State]) -> State:
+    if states[0] is None:
+        return None
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat([s[i] for s in states], dim=1).detach() for i in range(len(states[0])))
+    return torch.cat(states, dim=1).detach()
+
+
+# --- transitional: what ebm/lm/train.py calls until its loop calls DistributedLM.forward_backward -----------------
+def global_mean_weight(local_tokens: int, context: DistributedContext) -> float:
+    """n_r·W / Σ_r n_r: each rank's mean loss times it, averaged over ranks, is the global token mean."""
+    total = int(context.all_reduce(torch.tensor([local_tokens]), "token count").item())
+    return local_tokens * context.world_size / total if total else 0.0
+
+
+def _loss(self: DistributedLM, *args: Any, **kwargs: Any) -> Any:
+    """``model.loss(*args, **kwargs)`` on rows the caller sharded."""
+    return self.model.loss(*args, **kwargs)
+
+
+DistributedLM.loss = _loss
+DistributedLM.sync_sparse_gradients = property(lambda self: self.sync_gradients)
+
+
+# --- checks and checkpoints ----------------------------------------------------------------------------------------
+def _digest(tensor: Tensor) -> bytes:
     data = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8)  # the raw bytes
-    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+    return hashlib.sha256(data.numpy().tobytes()).digest()  # 32 bytes
 
 
 def assert_identical(
@@ -401,18 +332,15 @@ def assert_identical(
         return
     mine = {name: _digest(value) for name, value in module.state_dict().items()}
     mine.update({f"generator {i}": _digest(g.get_state()) for i, g in enumerate(generators)})
-    everyone: list[Any] = [None] * context.world_size
-    context.run("parameter comparison", lambda: dist.all_gather_object(everyone, mine))
-    differ = [name for name in mine if any(theirs.get(name) != mine[name] for theirs in everyone)]
+    digests = torch.frombuffer(bytearray(b"".join(mine.values())), dtype=torch.uint8).view(len(mine), 32)
+    everyone = context.all_gather(digests, "parameter comparison")  # (W, entries, 32): SHA-256 per entry
+    differ = [name for i, name in enumerate(mine) if not everyone[:, i].eq(digests[i]).all()]
     if differ:
         raise RuntimeError(f"ranks hold different values of {', '.join(differ)} (rank {context.rank} of "
                            f"{context.world_size}); the synchronisation of gradients or noise is broken")
 
 
-
-
-
-def gather_state(state: Tensor | tuple[Tensor, ...] | None, context: DistributedContext) -> Any:
+def gather_state(state: State, context: DistributedContext) -> Any:
     """A recurrent state of this rank's rows, (layers, B/W, H) each, joined over ranks into (layers, B, H).
 
     Collective (every rank must call it); identity in one process. Checkpoints hold the whole batch's state, so
@@ -421,11 +349,11 @@ def gather_state(state: Tensor | tuple[Tensor, ...] | None, context: Distributed
     if state is None or context.world_size == 1:
         return state
     parts = state if isinstance(state, tuple) else (state,)
-    joined = tuple(torch.cat(_gather(context, "recurrent state", part), dim=1) for part in parts)
+    joined = tuple(torch.cat(context.all_gather(part, "recurrent state").unbind(0), dim=1) for part in parts)
     return joined if isinstance(state, tuple) else joined[0]
 
 
-def shard_state(state: Tensor | tuple[Tensor, ...] | None, context: DistributedContext) -> Any:
+def shard_state(state: State, context: DistributedContext) -> Any:
     """This rank's rows (dimension 1) of a whole-batch recurrent state: (layers, B, H) → (layers, B/W, H)."""
     if state is None or context.world_size == 1:
         return state
@@ -436,16 +364,13 @@ def shard_state(state: Tensor | tuple[Tensor, ...] | None, context: DistributedC
 
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
-    "DistributedContext",
     "DistributedLM",
-    "LossForward",
+    "GradientSync",
     "assert_identical",
     "check_global_batch",
     "gather_state",
-    "global_mean_weight",
-    "row_parameters",
     "shard_rows",
     "shard_state",
-    "sync_sparse_gradients",
+    "step_seed",
+    "sync_gradients",
 ]
