@@ -28,7 +28,7 @@ from ebm.harness import (
     run_cli,
 )
 from ebm.lm.train import LMConfig
-from ebm.utils import CheckpointError, save_checkpoint
+from ebm.utils import CheckpointError, read_metrics, save_checkpoint
 
 
 @dataclass
@@ -110,6 +110,39 @@ def test_fresh_run_replaces_every_trace_of_the_old_one(tmp_path):
     run.start(ToyConfig(), completed_epochs=None)
     assert not run.checkpoint.exists() and not run.metrics.exists() and list(run.frames.iterdir()) == []
     assert json.loads((run.path / "config.json").read_text())["lr"] == 0.1
+
+
+def test_the_old_run_waits_in_previous_until_the_new_one_checkpoints_or_fails(tmp_path):
+    run = _folder_with_old_run(tmp_path)
+    save_checkpoint(run.checkpoint, {"old": 1})
+    run.start(ToyConfig(), completed_epochs=None)
+    assert (run.previous / "checkpoint.pt").exists() and len(list((run.previous / "frames").iterdir())) == 3
+    run.abandon()  # the new run failed before its first checkpoint: everything comes back
+    assert torch.load(run.checkpoint, weights_only=True) == {"old": 1} and len(list(run.frames.iterdir())) == 3
+    assert not run.previous.exists() and len(run.metrics.read_text().splitlines()) == 4
+    run.start(ToyConfig(), completed_epochs=None)
+    run.save({"new": 1})  # the new run's first checkpoint ends the old one
+    assert not run.previous.exists() and torch.load(run.checkpoint, weights_only=True) == {"new": 1}
+
+
+def test_tensorboard_gets_the_step_statistics_and_the_epoch_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ebm.energy.train import train_energy
+
+    config = EnergyConfig(dataset="rings", epochs=2, samples=256, batch_size=128, width=8, depth=1, eval_points=500,
+                          resolution=16, frames="none", progress=False, log_interval=1, tensorboard=True,
+                          out=str(tmp_path / "run"))
+    result = train_energy(config)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/accuracy", "epoch/kl"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]  # a check after every step
+    kl = events.Scalars("epoch/kl")
+    assert [e.step for e in kl] == [2, 4] and kl[-1].value == pytest.approx(
+        [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if not r.get("final")][-1]["kl"], rel=1e-6)
+    assert result["epochs"] == 2
 
 
 def test_resumed_run_keeps_only_the_completed_epochs(tmp_path):
