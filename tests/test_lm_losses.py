@@ -9,6 +9,7 @@ from ebm.lm.losses import (
     LOSS_NAMES,
     SAMPLED_LOSSES,
     check_loss_name,
+    chunked_cross_entropy,
     full_softmax_loss,
     mix_loss,
     nce_loss,
@@ -187,3 +188,49 @@ def test_bad_inputs_raise():
         nce_loss(TARGET, NOISE, LOGQ_TARGET, LOGQ_NOISE, torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError):  # k = 0
         nce_loss(TARGET, NOISE[:, :0], LOGQ_TARGET, LOGQ_NOISE[:0])
+
+
+def dense_cross_entropy_and_grads(h, weight, bias, target, upstream):
+    """The reference: F.cross_entropy on the full (N, V) logits, and autograd's gradients of Σ g·loss."""
+    h, weight, bias = (t.detach().clone().requires_grad_() for t in (h, weight, bias))
+    loss = torch.nn.functional.cross_entropy(h @ weight.T + bias, target, reduction="none")
+    return (loss, *torch.autograd.grad((upstream * loss).sum(), (h, weight, bias)))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 40, 41, 1000])  # 7 and 16 do not divide V = 41; 41 = V; 1000 > V
+def test_chunked_cross_entropy_and_its_gradients_equal_the_dense_ones(chunk):
+    n, h_dim, v = 23, 6, 41
+    h = torch.randn(n, h_dim, dtype=torch.float64, requires_grad=True)
+    weight = (3 * torch.randn(v, h_dim, dtype=torch.float64)).requires_grad_()  # spread logits: a peaked softmax
+    bias = torch.randn(v, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(v, (n,))
+    target[:5] = 3  # a row of the output matrix hit several times
+    upstream = torch.randn(n, dtype=torch.float64)  # a weighted sum, as a masked mean gives
+    loss = chunked_cross_entropy(h, weight, bias, target, chunk)
+    got = (loss, *torch.autograd.grad((upstream * loss).sum(), (h, weight, bias)))
+    for value, expected in zip(got, dense_cross_entropy_and_grads(h, weight, bias, target, upstream), strict=True):
+        torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_cross_entropy_in_float32_and_without_bias():
+    n, h_dim, v = 30, 8, 50
+    h, weight = torch.randn(n, h_dim, requires_grad=True), torch.randn(v, h_dim, requires_grad=True)
+    target = torch.randint(v, (n,))
+    loss = chunked_cross_entropy(h, weight, None, target, 9)
+    assert loss.dtype == torch.float32
+    grads = torch.autograd.grad(loss.mean(), (h, weight))
+    dense = torch.nn.functional.cross_entropy(h.double() @ weight.double().T, target, reduction="none")
+    dense_grads = torch.autograd.grad(dense.mean(), (h, weight))
+    torch.testing.assert_close(loss.double(), dense, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads, dense_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_cross_entropy_rejects_bad_shapes():
+    h, weight, target = torch.randn(4, 3), torch.randn(10, 3), torch.randint(10, (4,))
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_cross_entropy(h, weight, None, target, 0)
+    with pytest.raises(ValueError, match="weight"):
+        chunked_cross_entropy(h, torch.randn(10, 4), None, target, 3)
+    with pytest.raises(ValueError, match="bias"):
+        chunked_cross_entropy(h, weight, torch.randn(9), target, 3)

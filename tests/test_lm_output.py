@@ -11,6 +11,7 @@ from ebm.lm import AliasSampler, SampledOutput
 from ebm.lm.losses import LOSS_NAMES, SAMPLED_LOSSES
 
 V, H = 40, 8
+FLOAT32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 layers against float64 references
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +95,41 @@ def test_chunked_nll_equals_unchunked(chunk):
     torch.testing.assert_close(layer.nll(hidden, target), reference.nll(hidden, target))
     expected = -exact_log_probs(layer, hidden).gather(-1, target.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(layer.nll(hidden, target).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("elements", [1, 7 * 12, 13 * 12, 40 * 12, 10**6])  # N = 12 tokens: 1, 7, 13, 40, all rows
+def test_full_loss_chunked_over_the_vocabulary_equals_the_dense_one(elements):
+    """Above loss_chunk_elements the "full" loss is the chunked one: same losses and gradients (h, weight, bias)
+    as autograd through the dense log-softmax of the (N, V) logits; at or below it, the dense one itself."""
+    layer = make_layer(loss="full", loss_chunk_elements=elements)
+    hidden, target = batch(3, 4)
+    hidden.requires_grad_()
+    loss = layer(hidden, target, reduction="sum")
+    grads = torch.autograd.grad(loss, (hidden, layer.weight, layer.bias))
+    assert layer.full_loss_backend == ("dense" if elements >= V * 12 else "chunked")
+    weight, bias = layer.weight.detach().double().requires_grad_(), layer.bias.detach().double().requires_grad_()
+    h = hidden.detach().double().requires_grad_()
+    log_p = torch.log_softmax(F.linear(h, weight, bias), dim=-1)
+    expected = -log_p.gather(-1, target.unsqueeze(-1)).sum()
+    expected_grads = torch.autograd.grad(expected, (h, weight, bias))
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_nll_and_gap():
+    """The exact NLL and log Z − norm that evaluation reads; no gap for the full softmax."""
+    hidden, target = batch()
+    for loss in ("nce", "full"):
+        layer = make_layer(loss=loss)
+        nll, gap = layer.nll_and_gap(hidden, target)
+        log_p = exact_log_probs(layer, hidden)
+        torch.testing.assert_close(nll.double(), -log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1), **FLOAT32)
+        if loss == "full":
+            assert gap is None
+        else:
+            log_z = torch.logsumexp(F.linear(hidden, layer.weight, layer.bias).double(), -1)
+            torch.testing.assert_close(gap.double(), log_z - layer.norm.double(), **FLOAT32)
 
 
 def test_init_starts_at_the_noise_distribution():

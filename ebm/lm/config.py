@@ -13,18 +13,26 @@ from pathlib import Path
 
 from ebm.data.download import CORPORA
 from ebm.harness import RunConfig, fraction, non_negative, option, positive, unit_interval
-from ebm.lm.losses import LOSS_NAMES
+from ebm.harness.schedule import SCHEDULES
+from ebm.lm.adaptive import parse_cutoffs
+from ebm.lm.losses import MODEL_LOSS_NAMES
 from ebm.lm.models import CELLS
-from ebm.lm.optim import OPTIMIZERS, SCHEDULES
+from ebm.lm.optim import OPTIMIZERS
 from ebm.lm.output import NOISE_SHARING
 from ebm.lm.samplers import NOISE_NAMES
+from ebm.lm.transformer import POSITIONS
 
-MODELS = (*CELLS, "generic")
+MODELS = (*CELLS, "generic", "transformer")
 BATCH_MODES = ("concat", "sentence")
 
 
 def _parse_norm(text: str) -> str | float:
     return text if text in ("auto", "learn") else float(text)
+
+
+def _check_cutoffs(name: str, value: str) -> None:
+    if value != "auto":
+        parse_cutoffs(value)
 
 
 def _check_norm(name: str, value: str | float) -> None:
@@ -52,11 +60,15 @@ class LMConfig(RunConfig):
     bptt: int = option(35, "tokens per chunk (sentence mode: longest sentence kept, 0 = no cut)", check=non_negative)
     eval_batch_size: int = option(10, "rows of the evaluation streams (sentences per batch in sentence mode)",
                                   check=positive)
-    model: str = option("lstm", "recurrent cell; generic = the seed's full-NCE GRU scorer (loss nce only)",
-                        choices=MODELS)
+    model: str = option("lstm", "recurrent cell; generic = the seed's full-NCE GRU scorer (loss nce only); "
+                        "transformer = a causal Transformer (no state between bptt chunks)", choices=MODELS)
     emb_size: int = option(200, "input embedding size", check=positive)
     hidden_size: int = option(200, "recurrent state size", check=positive)
-    num_layers: int = option(2, "recurrent layers", check=positive)
+    num_layers: int = option(2, "recurrent layers (Transformer blocks)", check=positive)
+    heads: int = option(4, "transformer: attention heads (--emb-size must be a multiple)", check=positive)
+    ffn_size: int | None = option(None, "transformer: hidden width of each block's MLP (none: 4 x --emb-size)",
+                                  check=positive)
+    positions: str = option("sinusoidal", "transformer: position encoding", choices=POSITIONS)
     dropout: float = option(0.0, "dropout rate wherever --dropout-embedding/-between/-output are not given",
                             check=fraction)
     dropout_embedding: float | None = option(0.4, "dropout on the input embeddings (none: --dropout)",
@@ -67,7 +79,12 @@ class LMConfig(RunConfig):
     out_size: int | None = option(None, "output embedding size (a projection is added when it differs from "
                                   "--hidden-size)", check=positive)
     tie_weights: bool = option(True, "share the input and output embeddings")
-    loss: str = option("nce", "training loss (evaluation is always the exact softmax)", choices=LOSS_NAMES)
+    loss: str = option("nce", "training loss (evaluation is always exact); adaptive = PyTorch's adaptive softmax "
+                       "(needs --no-tie-weights)", choices=MODEL_LOSS_NAMES)
+    adaptive_cutoffs: str = option("auto", "adaptive softmax cluster boundaries in frequency ranks: auto (V/16, V/4) "
+                                   "or comma-separated integers", check=_check_cutoffs)
+    adaptive_div_value: float = option(4.0, "adaptive softmax: cluster i projects to H / div^i dimensions",
+                                       check=positive)
     noise_ratio: int = option(100, "k, noise words per draw", check=positive)
     noise_sharing: str = option("sequence", "who shares a draw of k noise words: batch, sequence (lower variance "
                                 "for 1.1x the step), token (slow)", choices=NOISE_SHARING)
@@ -112,6 +129,12 @@ class LMConfig(RunConfig):
             raise ValueError("the generic full-NCE model trains with loss 'nce' only")
         if self.tie_weights and (self.out_size or self.emb_size) != self.emb_size:
             raise ValueError("tie_weights needs out_size equal to emb_size")
+        if self.loss == "adaptive" and self.tie_weights:
+            raise ValueError("the adaptive softmax has its own head and tail matrices, none of them the input "
+                             "embedding: use it with --no-tie-weights (tie_weights=False)")
+        if self.model == "transformer" and self.emb_size % self.heads:
+            raise ValueError(f"the transformer's width --emb-size {self.emb_size} must be a multiple of --heads "
+                             f"{self.heads}")
 
     def run_name(self) -> str:
         return f"{Path(self.dataset).name}-{self.loss}"

@@ -8,7 +8,8 @@ Notation, for N tokens with contexts h_n and k noise tokens per token:
 
 Losses (all return per-token losses (N,), to be averaged by the caller), with the optimum of each in one
 context when the noise is drawn from q (solved in closed form, checked by training in the tests):
-    full     −log softmax(s)(target), the exact cross-entropy (the reference).
+    full     −log softmax(s)(target), the exact cross-entropy (the reference); ``chunked_cross_entropy`` computes
+             it from h, the output matrix and the bias without ever holding the [N × V] scores.
     nce      −log σ(G_t) − Σ_j log σ(−G_j),  G = log p̃ − log q − log k (Mnih & Teh 2012), built on the
              shared core ``ebm.nce``. Optimum p̃ = p: self-normalised.
     sampled  sampled softmax: cross-entropy over {target} ∪ noise with logits s − log q (Jean et al. 2015;
@@ -48,7 +49,8 @@ from torch import Tensor
 
 from ebm.nce import nce_logit, nce_token_loss, ranking_nce_loss
 
-LOSS_NAMES = ("full", "nce", "sampled", "neg", "mix")
+LOSS_NAMES = ("full", "nce", "sampled", "neg", "mix")  # the losses of ebm.lm.output.SampledOutput
+MODEL_LOSS_NAMES = (*LOSS_NAMES, "adaptive")  # and the adaptive softmax (ebm.lm.adaptive.AdaptiveOutput)
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -78,6 +80,97 @@ def full_softmax_loss(logits: Tensor, target: Tensor) -> Tensor:
         (N,) losses.
     """
     return F.cross_entropy(_upcast(logits), target, reduction="none")
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float32, or float64 when an input is float64: the precision of the chunked loss's arithmetic."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _chunk_scores(h: Tensor, weight: Tensor, bias: Tensor | None, start: int, stop: int) -> Tensor:
+    """s = h·W[start:stop]ᵀ + b[start:stop], (N, H) → (N, C) in h's dtype."""
+    return F.linear(h, weight[start:stop].to(h.dtype), None if bias is None else bias[start:stop].to(h.dtype))
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """−log softmax(h Wᵀ + b)[t] with at most (N × chunk) scores alive at a time, forward and backward.
+
+    Forward: a running logsumexp over vocabulary chunks gives log Z (N,); saved: h, W, b, t, log Z.
+    Backward (g = ∂L/∂loss, (N,)): each chunk's softmax P = exp(s − log Z) is recomputed and
+        ∂L/∂h = Σ_chunks (g·P) W_c − g·W_t,    ∂L/∂W_c = (g·P)ᵀ h − [rows t] g·h,    ∂L/∂b_c = Σ_n g·P − [t] g.
+    Autocast is switched off inside: the arithmetic is float32 (float64 for float64 inputs).
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, chunk: int) -> Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            hc = h.to(_compute_dtype(h, weight))  # (N, H)
+            log_z = hc.new_full((hc.shape[0],), -math.inf)  # (N,)
+            for start in range(0, weight.shape[0], chunk):
+                scores = _chunk_scores(hc, weight, bias, start, start + chunk)  # (N, C)
+                log_z = torch.logaddexp(log_z, scores.logsumexp(dim=-1))
+            score_target = (hc * weight[target].to(hc.dtype)).sum(-1)  # (N,)
+            if bias is not None:
+                score_target = score_target + bias[target].to(hc.dtype)
+        ctx.save_for_backward(h, weight, bias, target, log_z)
+        ctx.chunk = chunk
+        return log_z - score_target
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        h, weight, bias, target, log_z = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        with torch.autocast(h.device.type, enabled=False):
+            hc = h.to(log_z.dtype)
+            g = grad.to(log_z.dtype)  # (N,)
+            grad_h = torch.zeros_like(hc) if need_h else None  # (N, H)
+            grad_w = torch.zeros(weight.shape, dtype=hc.dtype, device=hc.device) if need_w else None  # (V, H)
+            grad_b = torch.zeros(weight.shape[0], dtype=hc.dtype, device=hc.device) if need_b else None  # (V,)
+            for start in range(0, weight.shape[0], ctx.chunk):
+                stop = start + ctx.chunk
+                probs = torch.exp(_chunk_scores(hc, weight, bias, start, stop) - log_z[:, None]).mul_(g[:, None])
+                if need_h:
+                    grad_h.addmm_(probs, weight[start:stop].to(hc.dtype))  # (N, C) × (C, H)
+                if need_w:
+                    grad_w[start:stop] = probs.t() @ hc  # (C, N) × (N, H)
+                if need_b:
+                    grad_b[start:stop] = probs.sum(0)
+            if need_h:
+                grad_h.sub_(g[:, None] * weight[target].to(hc.dtype))
+            if need_w:
+                grad_w.index_add_(0, target, -g[:, None] * hc)
+            if need_b:
+                grad_b.index_add_(0, target, -g)
+        return (None if grad_h is None else grad_h.to(h.dtype), None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None)
+
+
+def chunked_cross_entropy(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, chunk_size: int
+) -> Tensor:
+    """The exact cross-entropy −log softmax(h Wᵀ + b)[t] without the [N × V] scores, forward or backward.
+
+    loss_n = logsumexp_w (h_n·W_w + b_w) − (h_n·W_{t_n} + b_{t_n}), the log-sum-exp accumulated over vocabulary
+    chunks of ``chunk_size`` rows; the backward pass recomputes each chunk's softmax (one extra (N × V × H)
+    product) and accumulates ∂h and ∂W chunk by chunk. Memory: O(N·chunk_size) scores plus the dense gradient of
+    W (V, H), instead of three (N, V) tensors (scores, log-softmax, its gradient).
+
+    Args:
+        hidden: (N, H).  weight: (V, H).  bias: (V,) or None.  target: (N,) indices in [0, V).
+        chunk_size: vocabulary rows per chunk (any positive size; the last chunk may be shorter).
+    Returns:
+        (N,) losses, float32 (float64 for float64 inputs), differentiable in hidden, weight and bias.
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected hidden (N, H) and weight (V, H), got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if target.shape != hidden.shape[:1] or (bias is not None and bias.shape != weight.shape[:1]):
+        raise ValueError(f"expected target ({hidden.shape[0]},) and bias ({weight.shape[0]},), got "
+                         f"{tuple(target.shape)} and {None if bias is None else tuple(bias.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    return _ChunkedCrossEntropy.apply(hidden, weight, bias, target.long(), int(chunk_size))
 
 
 def nce_loss(
@@ -179,8 +272,10 @@ def check_loss_name(name: str) -> str:
 
 __all__ = [
     "LOSS_NAMES",
+    "MODEL_LOSS_NAMES",
     "SAMPLED_LOSSES",
     "check_loss_name",
+    "chunked_cross_entropy",
     "full_softmax_loss",
     "mix_loss",
     "negative_sampling_loss",

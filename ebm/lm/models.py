@@ -1,9 +1,14 @@
 """Word-level recurrent language models.
 
 ``RNNLM``: embedding → dropout → LSTM or GRU (``num_layers``, dropout between layers) → dropout → optional
-linear projection to the output embedding size → a sampled output layer (``SampledOutput``: full softmax,
-NCE, sampled softmax, negative sampling, mix). The output layer owns the loss; the network only produces
-features. With ``tie_weights`` the input embedding *is* the output embedding.
+linear projection to the output embedding size → an output layer (``SampledOutput``: full softmax, NCE, sampled
+softmax, negative sampling, mix; or ``ebm.lm.adaptive.AdaptiveOutput``: the adaptive softmax). The output layer
+owns the loss; the network only produces features. With ``tie_weights`` the input embedding *is* the output
+embedding (``SampledOutput`` only). ``FeatureLM`` holds what every such network shares (``loss``, ``scores``,
+``sparse_parameters``); ``ebm.lm.transformer.TransformerLM`` is the other one.
+
+An output layer offers ``forward(features, target, reduction, generator)`` (the training loss),
+``nll_and_gap(features, target)`` (exact NLL and log Z − norm or None) and ``sparse_parameters()``.
 
 ``GenericNCELM``: the "full NCE" model of the seed (its IndexGRU), where a word is scored by feeding it
 through the recurrent cell on top of the context: s(w | h) = u·GRUCell(e_w, h) + b. p(w | h) ∝ exp(s) is a
@@ -71,8 +76,52 @@ class LockedDropout(nn.Module):
         return f"p={self.p}"
 
 
-class RNNLM(nn.Module):
-    """An LSTM/GRU language model on top of a sampled output layer.
+class FeatureLM(nn.Module):
+    """A network from (B, T) tokens to (B, T, D) features, ``forward(input, state) → (features, state)``, with an
+    input ``embedding`` (``nn.Embedding``) and an ``output`` layer that owns the loss. Subclasses define
+    ``forward``; this class gives them the interface the training loop and evaluation call."""
+
+    def tie_embedding(self) -> None:
+        """The input embedding becomes the output layer's (V, E) ``weight`` (one parameter)."""
+        if not isinstance(getattr(self.output, "weight", None), nn.Parameter):
+            raise ValueError(f"tie_weights needs an output layer with one (V, E) weight (SampledOutput); "
+                             f"{type(self.output).__name__} has none (the adaptive softmax's head and tails "
+                             f"are their own matrices): use --no-tie-weights")
+        self.embedding.weight = self.output.weight
+
+    def loss(
+        self,
+        input: Tensor,
+        target: Tensor,
+        state: State = None,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, State]:
+        """The output layer's training loss, averaged over (unmasked) tokens; noise drawn from `generator`."""
+        features, state = self(input, state)
+        if mask is None:
+            return self.output(features, target, generator=generator), state
+        return _masked_mean(self.output(features, target, reduction="none", generator=generator), mask), state
+
+    @torch.no_grad()
+    def scores(self, input: Tensor, target: Tensor, state: State = None):
+        """Exact per-token NLL (B, T) and, for sampled losses, the gap log Z(context) − norm (B, T), else None."""
+        features, state = self(input, state)
+        nll, gap = self.output.nll_and_gap(features, target)  # chunked over V
+        return nll, gap, state
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradients are sparse under the current loss (for SparseAdam)."""
+        params = [self.embedding.weight] if self.embedding.sparse else []
+        output_rows = self.output.sparse_parameters()
+        tied = self.embedding.weight is getattr(self.output, "weight", None)
+        if tied and not any(p is self.embedding.weight for p in output_rows):
+            params = []  # tied to a dense output gradient (the full softmax): the sum is dense
+        return list({id(p): p for p in params + output_rows}.values())
+
+
+class RNNLM(FeatureLM):
+    """An LSTM/GRU language model on top of an output layer (``SampledOutput`` or ``AdaptiveOutput``).
 
     Args:
         vocab_size: V.
@@ -90,7 +139,8 @@ class RNNLM(nn.Module):
         cell: "lstm" or "gru".
         out_size: size of the features given to ``output``; a linear projection H → out_size is added when
             it differs from H (None: H, or E when tying).
-        tie_weights: share the input embedding with the output layer's ``weight`` (needs out_size = E).
+        tie_weights: share the input embedding with the output layer's ``weight`` (needs out_size = E and a
+            ``SampledOutput``; a ValueError for the adaptive softmax).
         sparse: sparse gradients for the input embedding (only touched rows are updated).
     """
 
@@ -134,7 +184,7 @@ class RNNLM(nn.Module):
         self.proj = nn.Linear(hidden_size, out_size) if out_size != hidden_size else nn.Identity()
         self.output = output
         if tie_weights:
-            self.embedding.weight = output.weight
+            self.tie_embedding()
         else:
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
@@ -142,38 +192,6 @@ class RNNLM(nn.Module):
         """(B, T) indices → features (B, T, out_size) and the new recurrent state."""
         hidden, state = self.rnn(self.drop_embedding(self.embedding(input)), state)  # (B, T, H)
         return self.proj(self.drop_output(hidden)), state
-
-    def loss(
-        self,
-        input: Tensor,
-        target: Tensor,
-        state: State = None,
-        mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, State]:
-        """The output layer's training loss, averaged over (unmasked) tokens; noise drawn from `generator`."""
-        features, state = self(input, state)
-        if mask is None:
-            return self.output(features, target, generator=generator), state
-        return _masked_mean(self.output(features, target, reduction="none", generator=generator), mask), state
-
-    @torch.no_grad()
-    def scores(self, input: Tensor, target: Tensor, state: State = None):
-        """Exact per-token NLL (B, T) and, for sampled losses, the gap log Z(context) − norm (B, T)."""
-        features, state = self(input, state)
-        log_z = self.output.log_normalizer(features)  # (B, T), chunked over V
-        nll = log_z - self.output.score(features, target)
-        gap = log_z - self.output.norm.float() if self.output.loss != "full" else None
-        return nll, gap, state
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        """Parameters whose gradients are sparse under the current loss (for SparseAdam)."""
-        params = [self.embedding.weight] if self.embedding.sparse else []
-        if self.output.loss != "full":
-            params += self.output.sparse_parameters()
-        elif self.embedding.weight is getattr(self.output, "weight", None):
-            params = []  # tied to a dense full-softmax gradient: the sum is dense
-        return list({id(p): p for p in params}.values())
 
 
 class GenericNCELM(nn.Module):
@@ -279,4 +297,4 @@ class GenericNCELM(nn.Module):
         return nll, (log_z - self.norm).view_as(target), state
 
 
-__all__ = ["CELLS", "GenericNCELM", "LockedDropout", "RNNLM", "detach_state"]
+__all__ = ["CELLS", "FeatureLM", "GenericNCELM", "LockedDropout", "RNNLM", "detach_state"]

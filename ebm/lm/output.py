@@ -19,18 +19,26 @@ sparse gradients updates only those rows:
 In a whole model, ``ebm.lm.optim.make_optimizer(model, "adam", lr, sparse=model.sparse_parameters())`` builds
 both, and ``ebm.lm.optim.clip_grad_norm_`` clips sparse gradients (torch's own clip fails on them). The
 "full" loss gives dense gradients, so ``sparse_parameters()`` is empty while it is selected.
+
+The "full" loss never needs the [N × V] scores: when N·V exceeds ``loss_chunk_elements`` it is
+``ebm.lm.losses.chunked_cross_entropy`` (exact, chunked over V in forward and backward), on CUDA Apple's
+``cut_cross_entropy.linear_cross_entropy`` wherever that package is installed; ``full_loss_backend`` names the
+one the last step used ("dense", "chunked" or "cut_cross_entropy").
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebm.lm.losses import SAMPLED_LOSSES, check_loss_name, full_softmax_loss
+from ebm.lm.losses import SAMPLED_LOSSES, check_loss_name, chunked_cross_entropy, full_softmax_loss
 from ebm.lm.samplers import NoiseSampler, make_sampler
 
 NOISE_SHARING = ("batch", "sequence", "token")
@@ -58,6 +66,16 @@ def register_norm(module: nn.Module, norm: str | float, vocab_size: int) -> floa
     else:
         raise ValueError(f"norm must be 'auto', 'learn' or a finite number, got {norm!r}")
     return float(module.norm.detach())
+
+
+@functools.cache
+def cut_cross_entropy() -> Callable[..., Tensor] | None:
+    """Apple's ``cut_cross_entropy.linear_cross_entropy`` (Wijmans et al. 2025) where the package is installed."""
+    if importlib.util.find_spec("cut_cross_entropy") is None:
+        return None
+    from cut_cross_entropy import linear_cross_entropy
+
+    return linear_cross_entropy
 
 
 class _GatherRows(torch.autograd.Function):
@@ -116,6 +134,10 @@ class SampledOutput(nn.Module):
             the rows' gradients stay sparse. Cost O(m · V · H) per step.
         selfnorm_positions: m, the tokens per batch whose exact log Z the penalty uses (all when N ≤ m).
         eval_chunk_elements: evaluation computes at most this many scores at once (tokens × vocabulary chunk).
+        loss_chunk_elements: the "full" loss builds the dense [N × V] scores when N·V is at most this (2^25
+            float32 scores = 128 MiB), and beyond it the exact chunked loss with chunks of this many scores (its
+            backward recomputes each chunk: one more N·V·H product). On CUDA with ``cut_cross_entropy``
+            installed, that package's exact kernel instead. ``full_loss_backend`` names the last one used.
 
     Parameters: weight (V, H), bias (V,) initialised to log q + norm (the model starts at the noise
     distribution), and norm when learned. Buffers: norm when constant, and the sampler's tables.
@@ -138,14 +160,16 @@ class SampledOutput(nn.Module):
         eval_chunk_elements: int = 2**22,
         selfnorm_weight: float = 0.0,
         selfnorm_positions: int = 16,
+        loss_chunk_elements: int = 2**25,
     ) -> None:
         super().__init__()
         if in_features < 1 or vocab_size < 1:
             raise ValueError(f"in_features and vocab_size must be positive, got {in_features}, {vocab_size}")
         if int(noise_ratio) != noise_ratio or noise_ratio < 1:
             raise ValueError(f"noise_ratio (k) must be a positive integer, got {noise_ratio}")
-        if eval_chunk_elements < 1:
-            raise ValueError(f"eval_chunk_elements must be positive, got {eval_chunk_elements}")
+        if eval_chunk_elements < 1 or loss_chunk_elements < 1:
+            raise ValueError(f"eval_chunk_elements and loss_chunk_elements must be positive, got "
+                             f"{eval_chunk_elements} and {loss_chunk_elements}")
         if not (math.isfinite(selfnorm_weight) and selfnorm_weight >= 0) or selfnorm_positions < 1:
             raise ValueError(f"selfnorm_weight must be finite and ≥ 0 and selfnorm_positions positive, got "
                              f"{selfnorm_weight} and {selfnorm_positions}")
@@ -159,6 +183,8 @@ class SampledOutput(nn.Module):
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.sparse = sparse
         self.eval_chunk_elements = eval_chunk_elements
+        self.loss_chunk_elements = loss_chunk_elements
+        self.full_loss_backend: str | None = None  # "dense", "chunked" or "cut_cross_entropy": the last full step's
         self.selfnorm_weight = float(selfnorm_weight)
         self.selfnorm_positions = int(selfnorm_positions)
         self._loss = check_loss_name(loss)
@@ -238,7 +264,7 @@ class SampledOutput(nn.Module):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         h, t = self._flatten(hidden, target)
         if self._loss == "full":
-            losses = full_softmax_loss(F.linear(h, self.weight, self.bias), t)  # (N,)
+            losses = self._full_loss(h, t)  # (N,)
         else:
             groups = {"batch": 1, "sequence": hidden.shape[0] if hidden.dim() > 2 else t.numel(),
                       "token": t.numel()}[self.noise_sharing]
@@ -249,6 +275,18 @@ class SampledOutput(nn.Module):
         if reduction == "none":
             return losses.reshape(target.shape)
         return losses.sum() if reduction == "sum" else losses.mean()
+
+    def _full_loss(self, h: Tensor, t: Tensor) -> Tensor:
+        """Exact −log softmax(h Wᵀ + b)[t] (N,), by the backend that fits (see ``loss_chunk_elements``)."""
+        chunk = max(1, self.loss_chunk_elements // max(1, h.shape[0]))
+        if h.device.type == "cuda" and cut_cross_entropy() is not None:
+            self.full_loss_backend = "cut_cross_entropy"
+            return cut_cross_entropy()(h, self.weight, t, bias=self.bias, reduction="none").float()
+        if chunk >= self.vocab_size:
+            self.full_loss_backend = "dense"
+            return full_softmax_loss(F.linear(h, self.weight, self.bias), t)  # (N, V) scores
+        self.full_loss_backend = "chunked"
+        return chunked_cross_entropy(h, self.weight, self.bias, t, chunk)
 
     def _draw_noise(self, groups: int, rows: int, generator: torch.Generator | None) -> Tensor:
         """k noise tokens for each of ``groups`` groups (of ``rows`` sequences here): (G, k).
@@ -337,9 +375,15 @@ class SampledOutput(nn.Module):
             log_z = torch.logaddexp(log_z, torch.logsumexp(scores.float(), dim=-1))
         return log_z
 
+    def nll_and_gap(self, hidden: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Exact −log p(target) (...) and, for a sampled loss, the gap log Z(h) − norm (...) (None for "full")."""
+        log_z = self.log_normalizer(hidden)
+        gap = log_z - self.norm.float() if self._loss != "full" else None
+        return log_z - self.score(hidden, target), gap
+
     def nll(self, hidden: Tensor, target: Tensor) -> Tensor:
         """Exact per-token negative log-likelihood −log p(target) = log Z(h) − s(target): (...)."""
         return self.log_normalizer(hidden) - self.score(hidden, target)
 
 
-__all__ = ["NOISE_SHARING", "SampledOutput", "gather_rows", "register_norm"]
+__all__ = ["NOISE_SHARING", "SampledOutput", "cut_cross_entropy", "gather_rows", "register_norm"]
