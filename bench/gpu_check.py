@@ -1,6 +1,6 @@
 """The project on one NVIDIA GPU in one command: five guarded checks, one markdown table.
 
-    python bench/gpu_check.py                           # on the GPU machine: ≈ 7 minutes, no network
+    python bench/gpu_check.py                           # on the GPU machine: 8 minutes at most, no network
     python bench/gpu_check.py --device cpu --quick      # the CPU rehearsal (tests/test_gpu_check.py)
 
 Parts (``--parts``; each guarded, so a failure is reported in its row and the other parts still run):
