@@ -70,6 +70,7 @@ def test_time_budget_stop_is_resumed_mid_epoch_exactly(tmp_path, monkeypatch, ba
     stopped = train_lm(config(tmp_path / "b", time_budget=20.0, **kwargs))
     state = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)
     assert stopped["partial"] and state["position"]["epoch"] == 0 and state["position"]["epoch_step"] > 0
+    assert stopped["tokens_per_s"] > 0  # measured over the partial first epoch too
     resumed = train_lm(config(tmp_path / "b", resume=True, **kwargs))
     assert not resumed["partial"] and resumed["test_ppl"] == straight["test_ppl"]
     assert [r["epoch"] for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")] == [1, 2, 2]

@@ -148,7 +148,7 @@ class EnergyTask:
         return {"model": self.model.state_dict(), "noise": self.noise.state_dict(),
                 "estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def finish(self, last: dict[str, Any], completed: bool) -> dict[str, Any]:
+    def finish(self, last: dict[str, Any], completed: bool, seconds: float) -> dict[str, Any]:
         """The last epoch's metrics with the evaluation redone on all test points and a grid twice as fine."""
         fine = Grid(self.grid.bound, 2 * self.config.resolution)
         final = density_metrics(self.model.eval().log_prob, fine, self.test, self.test_log_p, self.device)

@@ -73,9 +73,9 @@ class Task(Protocol):
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint must hold of the task (a collective under torchrun: every rank calls it)."""
 
-    def finish(self, last: dict[str, Any], completed: bool) -> dict[str, Any]:
+    def finish(self, last: dict[str, Any], completed: bool, seconds: float) -> dict[str, Any]:
         """The final metrics (test scores, …); ``last``: the last epoch's metrics; ``completed``: no step was
-        taken after the last epoch's end."""
+        taken after the last epoch's end; ``seconds``: of training in all."""
 
 
 def _no_report(_: str) -> None:
@@ -206,7 +206,7 @@ def fit(task: Task, config: RunConfig, context: DistributedContext) -> dict[str,
     if partial:
         report(f"time budget of {config.time_budget:g} s reached in epoch {position.epoch + 1}, step "
                f"{position.epoch_step} of {run.steps}; --resume continues from there")
-    final = {**task.finish(run.metrics, completed=position.epoch_step == 0),  # may change the model (calibration)
+    final = {**task.finish(run.metrics, position.epoch_step == 0, run.clock.seconds),  # may change the model (calibration)
              "epoch": position.epoch + (position.epoch_step > 0), "final": True, "partial": partial,
              "steps": position.step, "train_seconds": run.clock.seconds, "elapsed": run.wall.seconds}
     run.checkpoint(run.epoch_rng)  # the saved model is the one the final metrics describe

@@ -223,7 +223,7 @@ class LMTask:
                 "lr": self.lr, "best_valid_ppl": self.best, "hidden": _to_cpu(whole_state),
                 "epoch_tokens": self.epoch_tokens, "tokens": self.tokens}
 
-    def finish(self, last: dict[str, Any], completed: bool) -> dict[str, Any]:
+    def finish(self, last: dict[str, Any], completed: bool, seconds: float) -> dict[str, Any]:
         """Calibrate the norm if asked (on validation text), then the exact test scores: the one reading of test."""
         assert_identical(self.model, self.context)
         norm_shift = 0.0
@@ -231,9 +231,8 @@ class LMTask:
             norm_shift = calibrate_norm(self.model, self.valid if self.valid and completed
                                         else self.score(self.model, self.corpus.valid))
         test = self.score(self.model, self.corpus.test)
-        train_seconds = last.get("train_seconds", 0.0)
         return {**{f"test_{k}": v for k, v in test.items() if k != "tokens"}, "valid_ppl": self.valid.get("ppl"),
-                "floor_ppl": self.floor, "tokens_per_s": self.tokens / train_seconds if train_seconds else 0.0,
+                "floor_ppl": self.floor, "tokens_per_s": self.tokens / seconds if seconds else 0.0,
                 "norm_shift": norm_shift, "world_size": self.context.world_size}
 
 
