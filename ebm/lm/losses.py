@@ -129,7 +129,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad_b = torch.zeros(weight.shape[0], dtype=hc.dtype, device=hc.device) if need_b else None  # (V,)
             for start in range(0, weight.shape[0], ctx.chunk):
                 stop = start + ctx.chunk
-                probs = torch.exp(_chunk_scores(hc, weight, bias, start, stop) - log_z[:, None]).mul_(g[:, None])
+                probs = _chunk_scores(hc, weight, bias, start, stop).sub_(log_z[:, None]).exp_().mul_(g[:, None])
                 if need_h:
                     grad_h.addmm_(probs, weight[start:stop].to(hc.dtype))  # (N, C) × (C, H)
                 if need_w:
