@@ -2,10 +2,18 @@
 
     python bench/bench_scaling.py                               # all sections, WikiText-2 when present
     python bench/bench_scaling.py --sections scaling --dataset synthetic
+    python bench/bench_scaling.py --sections step --vocab 10001 1001 --batch-size 20 80
 
-Sections (each run is a real ``train.py`` command in its own process, one CPU thread per process):
+Sections (one CPU thread per process):
 
-  scaling   torchrun with 2 gloo ranks against 1 process, the same global batch and the same epochs:
+  step      the training step alone (ebm.lm.distributed.DistributedLM: shard, loss, backward, gradient sync,
+            clip, optimiser step) of the default recipe on 2 gloo ranks against 1 process, the same global
+            batches of Zipf-distributed tokens over V words (--vocab, several allowed) at each --batch-size:
+            tokens/s and their ratio. Seconds, not minutes: no corpus, no evaluation.
+            --accumulate M: each rank runs its rows as M micro-batches (gradient accumulation). The load average
+            is printed beside each row: the CPU may be shared.
+  scaling   (this and the next two: real ``train.py`` commands, each in its own process) torchrun with 2 gloo
+            ranks against 1 process, the same global batch and the same epochs:
             tokens/s ratio (goal ≥ 1.7× on 2 cores) and test perplexity after equal data (goal: within 1%).
   amp       the same run with and without --amp (bfloat16 autocast): tokens/s and test perplexity.
   compile   the same run with and without --compile: seconds of the first epoch (compilation included),
@@ -24,7 +32,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -58,17 +70,107 @@ def _row(name: str, records: list[dict]) -> dict:
             "test_ppl": records[-1]["test_ppl"]}
 
 
+def _step_worker(rank: int, world: int, port: int, vocab: int, batch: int, steps: int, micro_batches: int,
+                 results) -> None:
+    """Time ``steps`` training steps (after 3 unmeasured) of the default recipe on this rank; rank 0 reports."""
+    from ebm.harness.context import DistributedContext
+    from ebm.lm.build import build_model
+    from ebm.lm.config import LMConfig
+    from ebm.lm.distributed import DistributedLM, step_seed
+    from ebm.lm.optim import clip_grad_norm_, make_optimizer
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    with DistributedContext.from_env("cpu") as context:
+        config = LMConfig(batch_size=batch, progress=False)  # the recipe's defaults (dropout, noise per sequence)
+        counts = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)  # Zipf, the shape of word frequencies
+        torch.manual_seed(0)
+        model = build_model(config, counts)
+        optimizer = make_optimizer(model, config.optimizer, config.lr, model.sparse_parameters())
+        parallel = DistributedLM(model, context)
+        sync, sync_seconds = parallel.sync_gradients, [0.0]
+
+        def timed_sync() -> int:
+            start = time.perf_counter()
+            sent = sync()
+            sync_seconds[0] += time.perf_counter() - start
+            return sent
+
+        parallel.sync_gradients = timed_sync
+        data = torch.multinomial(counts, (steps + 3) * batch * (config.bptt + 1), replacement=True,
+                                 generator=torch.Generator().manual_seed(0)).view(steps + 3, batch, config.bptt + 1)
+        noise, state, params = torch.Generator().manual_seed(1), None, list(model.parameters())
+        for step, chunk in enumerate(data):
+            if step == 3:
+                context.barrier()
+                start, cpu_start, sync_seconds[0] = time.perf_counter(), time.process_time(), 0.0
+            optimizer.zero_grad(set_to_none=True)
+            _, state = parallel.forward_backward(chunk[:, :-1], chunk[:, 1:], state, noise=noise,
+                                                 dropout_seed=step_seed(0, step), micro_batches=micro_batches)
+            clip_grad_norm_(params, config.clip)
+            optimizer.step()
+        cpu_seconds = time.process_time() - cpu_start  # this process's threads, gloo's included; waits excluded
+        context.barrier()
+        if context.is_main:
+            seconds = time.perf_counter() - start
+            results.put((steps * batch * config.bptt / seconds, 1000 * sync_seconds[0] / steps, cpu_seconds / steps))
+
+
+def _step_rate(world: int, vocab: int, batch: int, steps: int, micro_batches: int) -> tuple[float, float, float]:
+    """(tokens/s, sync ms per step, CPU seconds per step of rank 0) on ``world`` gloo ranks (1: one process)."""
+    results = mp.get_context("spawn").SimpleQueue()
+    port = _free_port()
+    mp.start_processes(_step_worker, args=(world, port, vocab, batch, steps, micro_batches, results),
+                       nprocs=world, start_method="spawn")
+    return results.get()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def step_section(vocabs: list[int], batches: list[int], steps: int, micro_batches: int) -> list[str]:
+    """Markdown rows: tokens/s of 1 process and of 2 gloo ranks and their ratio (wall clock), the sync's ms per
+    step (waiting for the slower rank included), and the CPU-time ratio: one process's CPU seconds per step over
+    a rank's. On a shared CPU the wall-clock ratio follows the load; the CPU-time ratio is the speed-up two idle
+    cores would give if no rank ever waited (an upper bound), the work each rank does, communication included."""
+    lines = [f"training step only, default recipe, {steps} steps, micro-batches per rank {micro_batches}", "",
+             "| V | global batch | 1 process tok/s | 2 ranks tok/s | ratio | sync ms/step | CPU-time ratio "
+             "| load avg |",
+             "|---|---|---|---|---|---|---|---|"]
+    for vocab in vocabs:
+        for batch in batches:
+            one, _, one_cpu = _step_rate(1, vocab, batch, steps, 1)
+            two, sync_ms, two_cpu = _step_rate(2, vocab, batch, steps, micro_batches)
+            lines.append(f"| {vocab:,} | {batch} | {one:,.0f} | {two:,.0f} | {two / one:.2f} | {sync_ms:.1f} | "
+                         f"{one_cpu / two_cpu:.2f} | {os.getloadavg()[0]:.1f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="+", choices=("scaling", "amp", "compile"),
-                        default=["scaling", "amp", "compile"])
+    parser.add_argument("--sections", nargs="+", choices=("step", "scaling", "amp", "compile"),
+                        default=["step", "scaling", "amp", "compile"])
     parser.add_argument("--dataset", choices=("wikitext-2", "synthetic"),
                         default="wikitext-2" if (WIKITEXT / "valid.txt").exists() else "synthetic")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=20, help="the global batch (sequences per step)")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[20],
+                        help="the global batch (sequences per step); the step section takes several")
+    parser.add_argument("--vocab", type=int, nargs="+", default=[10_001, 1_001], help="step section: V")
+    parser.add_argument("--steps", type=int, default=30, help="step section: measured steps per run")
+    parser.add_argument("--accumulate", type=int, default=1, help="step section: micro-batches per rank")
     args = parser.parse_args(argv)
-    base = [*_dataset(args.dataset), *MODEL, "--batch-size", str(args.batch_size)]  # the last flag wins
-    rows = []
+    step_lines = step_section(args.vocab, args.batch_size, args.steps, args.accumulate) if "step" in args.sections \
+        else []
+    rows, runs = [], {"scaling", "amp", "compile"} & set(args.sections)
+    base = [*_dataset(args.dataset), *MODEL, "--batch-size", str(args.batch_size[0])] if runs else []  # last flag wins
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         epochs = ["--epochs", str(args.epochs)]
@@ -83,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                 other = _row(f"--{flag}", _run([*base, "--epochs", "2", f"--{flag}"], tmp / flag))
                 rows += [plain, {**other, "speed-up": other["tokens_per_s"] / plain["tokens_per_s"],
                                  "ppl ratio": other["test_ppl"] / plain["test_ppl"]}]
-    lines = [f"dataset {args.dataset}, global batch {args.batch_size}, load average {os.getloadavg()[0]:.1f}", "",
-             "| run | tokens/s | first epoch s | test ppl | speed-up | ppl ratio |", "|---|---|---|---|---|---|"]
+    lines = [*step_lines, "", f"dataset {args.dataset}, global batch {args.batch_size[0]}, load average "
+             f"{os.getloadavg()[0]:.1f}", "",
+             "| run | tokens/s | first epoch s | test ppl | speed-up | ppl ratio |", "|---|---|---|---|---|---|"] \
+        if runs else step_lines
     for r in rows:
         lines.append(f"| {r['run']} | {r['tokens_per_s']:,.0f} | {r['first_epoch_s']:.0f} | {r['test_ppl']:.2f} | "
                      f"{r.get('speed-up', float('nan')):.2f} | {r.get('ppl ratio', float('nan')):.4f} |")
