@@ -14,7 +14,7 @@ from ebm.data.toy import TOY_DATASETS
 from ebm.energy.estimators import ESTIMATOR_OPTION_FIELDS, ESTIMATORS, EstimatorOptions, estimator_class
 from ebm.energy.model import ACTIVATIONS
 from ebm.energy.noise import NOISE_CHOICES
-from ebm.harness import RunConfig, RunFolder, option, positive
+from ebm.harness import RunConfig, RunFolder, non_negative, option, positive
 
 BASE_CHOICES = ("noise", "none")
 
@@ -64,6 +64,8 @@ class EnergyConfig(RunConfig, EstimatorOptions):
                               check=positive)
     resolution: int = option(128, "grid cells per side for each epoch's evaluation and frame; the final uses 2×",
                              check=_even_resolution)
+    frame_samples: int = option(0, "samples drawn exactly from the learned density (on the epoch's grid) for a "
+                                "fourth frame panel; 0 = no panel", check=non_negative, resumable=True)
     frames: str = option("", "frame folder ('' = <run folder>/frames, 'none' = no frames)", resumable=True)
 
     def __post_init__(self) -> None:

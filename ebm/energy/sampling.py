@@ -41,13 +41,20 @@ def grid_sample(
 ) -> Tensor:
     """n points (n, 2) float32 on the CPU from the density ∝ exp(log_prob) on ``grid``'s cells (module docstring).
 
-    ``log_prob``: (N, 2) → (N,), evaluated on ``device`` in chunks without gradients. Cell k (row-major, x₂ the
-    slow index, as ``Grid.points``) is drawn with probability softmax(values)_k, then the point is
-    centre_k + h·(u − ½), u ~ U[0, 1)². All random numbers come from the CPU ``generator``.
+    ``log_prob``: (N, 2) → (N,), evaluated on ``device`` in chunks without gradients; then ``sample_cells``.
+    """
+    return sample_cells(grid_log_prob(log_prob, grid, device), grid, n, generator)
+
+
+def sample_cells(values: Tensor, grid: Grid, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n points (n, 2) float32 on the CPU from log-density ``values`` (R, R) at ``grid``'s cell centres.
+
+    Cell k (row-major, x₂ the slow index, as ``Grid.points``) is drawn with probability softmax(values)_k, then
+    the point is centre_k + h·(u − ½), u ~ U[0, 1)². All random numbers come from the CPU ``generator``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    values = grid_log_prob(log_prob, grid, device).double().reshape(-1)  # (R²,)
+    values = values.detach().cpu().double().reshape(-1)  # (R²,)
     if not torch.isfinite(torch.logsumexp(values, 0)):
         raise ValueError("log_prob has no finite mass on the grid (its logsumexp is ±inf or NaN)")
     probs = torch.softmax(values, 0)  # (R²,)
@@ -333,6 +340,7 @@ def split_rhat(samples: Tensor) -> Tensor:
 
 
 __all__ = [
+    "sample_cells",
     "Chains",
     "DualAveraging",
     "effective_sample_size",

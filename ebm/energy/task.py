@@ -25,6 +25,7 @@ from ebm.energy.evaluate import Grid, density_metrics, grid_log_prob
 from ebm.energy.model import EnergyMLP
 from ebm.energy.noise import empty_noise, make_noise
 from ebm.energy.plot import DensityFigure
+from ebm.energy.sampling import sample_cells
 from ebm.harness import Position, RunFolder, TrainingClock
 from ebm.harness.schedule import scheduled_lr, set_lr
 
@@ -98,7 +99,8 @@ class EnergyTask:
         if self.frames.frames is not None:
             q = getattr(self.estimator, "noise", self.noise)  # what the estimator draws from (fce: its flow)
             noise_image = grid_log_prob(q.log_prob, self.grid, self.device)
-            self.figure = DensityFigure(self.grid, self.test[:20_000], noise_image, self._title())
+            self.figure = DensityFigure(self.grid, self.test[:20_000], noise_image, self._title(),
+                                        samples=config.frame_samples > 0)
 
     def steps_per_epoch(self) -> int:
         return math.ceil(self.config.samples / self.config.batch_size)
@@ -127,7 +129,11 @@ class EnergyTask:
             started = clock.seconds
             log_z = metrics["log_normaliser"] if metrics["mass_converged"] else metrics["log_normaliser_box"]
             text = f"epoch {epoch}, KL {metrics['kl']:.3f} nats"
-            self.figure.save(image - log_z, self.frames.frame_path(epoch), text)
+            samples = None
+            if self.config.frame_samples:  # exact draws from the grid values just computed; their own generator
+                generator = torch.Generator().manual_seed(self.config.seed + 7_000_003 + epoch)
+                samples = sample_cells(image, self.grid, self.config.frame_samples, generator)
+            self.figure.save(image - log_z, self.frames.frame_path(epoch), text, samples)
             metrics["plot_seconds"] = clock.seconds - started
         return {**metrics, **stats, "log_z": self.model.log_z.item(), "learns_log_z": self.facts.learns_log_z}
 
