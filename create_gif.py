@@ -4,14 +4,13 @@
     python create_gif.py runs/pinwheel --duration 0.2 --scale 0.5 --out images/pinwheel.gif
     python create_gif.py some/folder/of/frames                # → some/folder/of/frames.gif
 
-The argument is a run folder (its ``frames/`` are used) or a folder of frames. Frames are the ``epoch_N.png``
-files, taken in numeric epoch order.
+The argument is a run folder (its ``frames/`` are used) or a folder of frames. Frames are the files named as
+the training loop names them (``ebm.harness.run.frame_name``: ``epoch_0001.png``, …), taken in numeric epoch order.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -19,13 +18,15 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
-FRAME = re.compile(r"epoch_(\d+)\.png")
+from ebm.harness.run import FRAME_GLOB, FRAMES, frame_name
+
+_PREFIX, _SUFFIX = FRAME_GLOB.split("*")  # "epoch_", ".png": around the epoch number of frame_name(epoch)
 
 
 def frames_in(folder: Path) -> list[Path]:
-    """The folder's epoch_N.png files sorted by N (so epoch_10 follows epoch_9 at any zero padding)."""
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := FRAME.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
+    """The folder's frames (``FRAME_GLOB``) sorted by epoch number (so epoch_10 follows epoch_9 at any padding)."""
+    numbered = ((p.name[len(_PREFIX):len(p.name) - len(_SUFFIX)], p) for p in folder.glob(FRAME_GLOB))
+    return [p for _, p in sorted((int(number), p) for number, p in numbered if number.isdigit())]
 
 
 def make_gif(frames: list[Path], out: Path, duration: float = 0.25, scale: float = 1.0) -> Path:
@@ -53,7 +54,7 @@ def _positive_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Make a GIF from a folder of epoch_XXXX.png frames.")
+    parser = argparse.ArgumentParser(description=f"Make a GIF from a folder of {frame_name(1)}, … frames.")
     parser.add_argument("folder", type=Path, help="a run folder (e.g. runs/pinwheel) or a folder of frames")
     parser.add_argument("--duration", type=_positive_float, default=0.25, help="seconds per frame")
     parser.add_argument("--scale", type=_positive_float, default=1.0, help="resize factor for every frame")
@@ -62,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
-    run_folder = (args.folder / "frames").is_dir()
-    frame_folder = args.folder / "frames" if run_folder else args.folder
+    run_folder = (args.folder / FRAMES).is_dir()
+    frame_folder = args.folder / FRAMES if run_folder else args.folder
     frames = frames_in(frame_folder)
     if not frames:
-        parser.error(f"no epoch_XXXX.png frames in {frame_folder}")
+        parser.error(f"no {FRAME_GLOB} frames in {frame_folder}")
     default = args.folder / f"{args.folder.resolve().name}.gif" if run_folder else args.folder.with_suffix(".gif")
     out = make_gif(frames, args.out or default, args.duration, args.scale)
     print(f"wrote {out} ({len(frames)} frames)")

@@ -7,6 +7,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from ebm.harness.run import frame_name
+
 _spec = importlib.util.spec_from_file_location("create_gif", Path(__file__).parents[1] / "create_gif.py")
 create_gif = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(create_gif)
@@ -28,6 +30,15 @@ def test_frames_in_numeric_order_and_scaled(tmp_path):
     assert frames.shape[:3] == (4, 10, 15)
     assert [int(f[..., 0].mean()) for f in frames] == pytest.approx([20, 40, 180, 200], abs=2)
     assert iio.immeta(out, index=0)["duration"] == 100
+
+
+def test_frames_named_by_the_training_loop_are_found_in_epoch_order(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for epoch in (12, 3, 100):
+        (frames / frame_name(epoch)).write_bytes(b"")
+    (frames / frame_name(7).replace("7", "x")).write_bytes(b"")  # matches the glob, but no epoch number
+    assert [p.name for p in create_gif.frames_in(frames)] == [frame_name(3), frame_name(12), frame_name(100)]
 
 
 @pytest.mark.parametrize("args", [["missing"], ["empty"], ["run", "--duration", "0"], ["run", "--scale", "-1"]])
