@@ -12,6 +12,14 @@ from __future__ import annotations
 
 import sys
 
+import ebm
+
+# Before anything else of ebm is imported: another project's package named ebm (ebmkit installs one) may come first
+# on sys.path; this project's carries the marker __distribution__ (ebm/__init__.py).
+if getattr(ebm, "__distribution__", None) != "nce-ebm":
+    sys.exit(f"train.py: error: another package named ebm is imported from {getattr(ebm, '__file__', None) or ebm} "
+             f"(ebmkit installs one), not this project's (nce-ebm): use a separate environment, see README")
+
 from ebm.data.download import CORPORA
 from ebm.data.toy import TOY_DATASETS
 from ebm.energy.config import EnergyConfig
