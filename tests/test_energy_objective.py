@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 from ebm.energy.model import EnergyMLP
 from ebm.energy.noise import fixed_gaussian
-from ebm.energy.objective import nce_loss
+from ebm.energy.objective import energy_nce_loss
 
 
 def test_loss_equals_formula_on_hand_computed_values():
     noise = fixed_gaussian()
     model = EnergyMLP(width=8, depth=1)
     data, noise_points, nu = torch.randn(5, 2), torch.randn(15, 2), 3.0
-    loss, _ = nce_loss(model, noise, data, noise_points, nu)
+    loss, _ = energy_nce_loss(model, noise, data, noise_points, nu)
     # P(real | x) = p / (p + ν q), written with probabilities rather than logits.
     p_d, q_d = model.log_prob(data).exp(), noise.log_prob(data).exp()
     p_n, q_n = model.log_prob(noise_points).exp(), noise.log_prob(noise_points).exp()
@@ -35,7 +35,7 @@ def test_two_log_two_when_model_equals_noise():
     model = EnergyMLP(width=8, depth=1, base=noise)
     torch.nn.init.zeros_(model.net[-1].weight)
     torch.nn.init.zeros_(model.net[-1].bias)  # g = 0, c = 0: the model is q exactly
-    loss, accuracy = nce_loss(model, noise, torch.randn(64, 2), noise.sample((64,)), 1.0)
+    loss, accuracy = energy_nce_loss(model, noise, torch.randn(64, 2), noise.sample((64,)), 1.0)
     assert loss.item() == pytest.approx(2 * math.log(2), abs=1e-6)
 
 
@@ -44,14 +44,14 @@ def test_large_scores_do_not_overflow():
     model = EnergyMLP(width=8, depth=1)
     with torch.no_grad():
         model.log_z.fill_(-1e4)
-    loss, _ = nce_loss(model, noise, torch.randn(8, 2), torch.randn(8, 2), 1.0)
+    loss, _ = energy_nce_loss(model, noise, torch.randn(8, 2), torch.randn(8, 2), 1.0)
     assert torch.isfinite(loss)
 
 
 def test_every_parameter_gets_a_finite_gradient():
     noise = fixed_gaussian()
     model = EnergyMLP(width=16, depth=2, base=noise)
-    loss, _ = nce_loss(model, noise, torch.randn(32, 2), noise.sample((128,)), 4.0)
+    loss, _ = energy_nce_loss(model, noise, torch.randn(32, 2), noise.sample((128,)), 4.0)
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -79,7 +79,7 @@ def test_optimal_log_z_is_log_integral_of_exp_minus_energy():
 
     def closure():
         optimizer.zero_grad()
-        loss, _ = nce_loss(model, noise, data, noise_points, 2.0)
+        loss, _ = energy_nce_loss(model, noise, data, noise_points, 2.0)
         loss.backward()
         return loss
 

@@ -11,6 +11,7 @@ import torch
 
 import ebm.energy.estimators.contrastive as contrastive
 import ebm.harness.loop as loop_module
+from ebm.data import toy
 from ebm.energy import EnergyConfig, load_model, train_energy
 from ebm.harness import TrainingClock, TrainingDiverged
 from ebm.utils import CheckpointError, read_metrics
@@ -135,6 +136,30 @@ def test_an_out_that_is_a_file_or_a_negative_seed_is_refused_before_any_work(tmp
     assert (tmp_path / "taken").read_text() == "not a run" and not (tmp_path / "s").exists()
 
 
+def test_beyond_the_plane_kl_is_the_sample_estimate_and_ais_brackets_log_z(tmp_path):
+    """D = 4: the final KL is E_test[log p_data − log p_model] on the run's test points (recomputed here from the
+    saved model and the exact density), and the AIS bracket on log Z is reported around it."""
+    config = _config(tmp_path, dataset="8gaussians", dims=4, epochs=1, ais_distributions=20, ais_chains=64)
+    result = train_energy(config)
+    model = load_model(config.run_dir)
+    test = toy.sample("8gaussians", config.eval_points, torch.Generator().manual_seed(config.seed + 1_000_003), dims=4)
+    with torch.no_grad():
+        gap = (toy.log_prob("8gaussians", test).double() - model.log_prob(test).double())
+    assert result["kl"] == pytest.approx(gap.mean().item(), rel=1e-5)
+    assert result["kl_per_copy"] == pytest.approx(result["kl"] / 2)
+    assert result["log_z_lower"] <= result["log_z_upper"] and result["ais_distributions"] == 21
+    assert result["kl_lower"] == pytest.approx(gap.mean().item() - model.log_z.item() + result["log_z_lower"], rel=1e-5)
+    assert "normaliser_error" not in result and not (config.run_dir / "frames").exists()
+
+
+def test_in_the_plane_the_ais_bracket_contains_the_grids_exact_log_z(tmp_path):
+    result = train_energy(_config(tmp_path, epochs=1, ais_distributions=100, ais_chains=128))
+    exact = result["log_z"] + result["log_normaliser"]  # log Z of exp(log_prob + log_z), by quadrature
+    slack = 3 * max(result["ais_lower_stderr"], result["ais_upper_stderr"])
+    assert result["log_z_lower"] - slack <= exact <= result["log_z_upper"] + slack
+    assert result["log_z_upper"] - result["log_z_lower"] < 0.1
+
+
 def test_load_model_gives_an_eval_model_on_the_asked_device(tmp_path):
     train_energy(_config(tmp_path, epochs=1))
     model = load_model(tmp_path / "runs" / "run", device="auto")
@@ -175,14 +200,14 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
 
 
 def _poison_step(monkeypatch, bad_step, value):
-    real_loss, steps = contrastive.nce_loss, []
+    real_loss, steps = contrastive.energy_nce_loss, []
 
     def poisoned(*args):
         steps.append(1)
         loss, accuracy = real_loss(*args)
         return (loss * value if len(steps) == bad_step else loss), accuracy
 
-    monkeypatch.setattr(contrastive, "nce_loss", poisoned)
+    monkeypatch.setattr(contrastive, "energy_nce_loss", poisoned)
 
 
 @pytest.mark.parametrize("value", [float("nan"), 1e30])

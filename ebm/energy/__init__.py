@@ -8,7 +8,7 @@
 from ebm.energy.evaluate import Grid, density_metrics, evaluate_density
 from ebm.energy.model import EnergyMLP
 from ebm.energy.noise import GaussianMixtureNoise, make_noise
-from ebm.energy.objective import nce_loss
+from ebm.energy.objective import energy_nce_loss
 from ebm.energy.train import EnergyConfig, load_model, train_energy
 
 __all__ = [
@@ -20,6 +20,6 @@ __all__ = [
     "evaluate_density",
     "load_model",
     "make_noise",
-    "nce_loss",
+    "energy_nce_loss",
     "train_energy",
 ]

@@ -64,6 +64,10 @@ class EnergyConfig(RunConfig, EstimatorOptions):
                               check=positive)
     resolution: int = option(128, "grid cells per side for each epoch's evaluation and frame; the final uses 2×",
                              check=_even_resolution)
+    ais_distributions: int | None = option(None, "K, intermediate distributions of the final AIS bracket on log Z "
+                                           "(none: 200 for D > 2, off in 2D where the grid is exact; 0: off)",
+                                           check=non_negative)
+    ais_chains: int = option(256, "chains of the AIS bracket (forward, reverse, and MALA beyond 2D)", check=positive)
     frame_samples: int = option(0, "samples drawn exactly from the learned density (on the epoch's grid) for a "
                                 "fourth frame panel; 0 = no panel", check=non_negative, resumable=True)
     frames: str = option("", "frame folder ('' = <run folder>/frames, 'none' = no frames)", resumable=True)

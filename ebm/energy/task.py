@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from ebm.data.toy import log_prob, sample
+from ebm.energy.assess import ais_distributions, assess
 from ebm.energy.chasm import chasm_warning
 from ebm.energy.config import EnergyConfig
 from ebm.energy.estimators import Estimator, empty_estimator, estimator_class, make_estimator
 from ebm.energy.evaluate import Grid, density_metrics, grid_log_prob
+from ebm.energy.evaluate_samples import sample_metrics
 from ebm.energy.model import EnergyMLP
 from ebm.energy.noise import empty_noise, make_noise
 from ebm.energy.plot import DensityFigure
@@ -34,8 +36,10 @@ FIT_POINTS = 10_000  # data points the noise (and fce's flow, mle's box) are fit
 
 
 def build_energy(config: EnergyConfig, noise: torch.nn.Module) -> EnergyMLP:
-    """The energy network of ``config``, relative to ``noise`` when ``config.base == "noise"``."""
-    return EnergyMLP(config.width, config.depth, config.activation, noise if config.base == "noise" else None)
+    """The energy network of ``config`` on D = ``config.dims`` inputs, relative to ``noise`` when
+    ``config.base == "noise"``."""
+    base = noise if config.base == "noise" else None
+    return EnergyMLP(config.width, config.depth, config.activation, base, dims=config.dims)
 
 
 def energy_step(model: EnergyMLP, estimator: Estimator, batch: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -69,13 +73,13 @@ class EnergyTask:
         config, device = self.config, self.device
         warning = None
         if state is None:
-            fit_points = sample(config.dataset, FIT_POINTS, data_generator)
+            fit_points = sample(config.dataset, FIT_POINTS, data_generator, dims=config.dims)
             noise = make_noise(config.noise, fit_points, config.noise_components, config.noise_widen, config.seed)
             estimator = make_estimator(config.estimator, config, noise, fit_points, config.seed)
             if self.facts.contrasts_noise:
                 warning = chasm_warning(config.dataset, config.noise, fit_points, noise)
         else:
-            noise = empty_noise(config.noise, config.noise_components)
+            noise = empty_noise(config.noise, config.noise_components, dims=config.dims)
             noise.load_state_dict(state["noise"])
             estimator = empty_estimator(config.estimator, config, noise)
         self.model = build_energy(config, noise).to(device)
@@ -89,14 +93,15 @@ class EnergyTask:
         return [f"warning: {warning}"] if warning else []
 
     def _prepare_evaluation(self) -> None:
-        """Fixed test points from their own generator, their exact log-density, the grid and the figure."""
+        """Fixed test points from their own generator, their exact log-density, the grid and the figure (2D)."""
         config = self.config
-        self.test = sample(config.dataset, config.eval_points, torch.Generator().manual_seed(config.seed + 1_000_003))
+        generator = torch.Generator().manual_seed(config.seed + 1_000_003)
+        self.test = sample(config.dataset, config.eval_points, generator, dims=config.dims)
         self.test_log_p = log_prob(config.dataset, self.test)
-        self.grid = Grid.covering(self.test, config.resolution)
+        self.grid = Grid.covering(self.test, config.resolution) if config.dims == 2 else None
         self.frames = self.run_folder()
         self.figure = None
-        if self.frames.frames is not None:
+        if self.frames.frames is not None and self.grid is not None:
             q = getattr(self.estimator, "noise", self.noise)  # what the estimator draws from (fce: its flow)
             noise_image = grid_log_prob(q.log_prob, self.grid, self.device)
             self.figure = DensityFigure(self.grid, self.test[:20_000], noise_image, self._title(),
@@ -106,8 +111,8 @@ class EnergyTask:
         return math.ceil(self.config.samples / self.config.batch_size)
 
     def batches(self, data_generator: torch.Generator) -> list[torch.Tensor]:
-        return list(sample(self.config.dataset, self.config.samples, data_generator).to(self.device)
-                    .split(self.config.batch_size))
+        data = sample(self.config.dataset, self.config.samples, data_generator, dims=self.config.dims)
+        return list(data.to(self.device).split(self.config.batch_size))
 
     def schedule(self, progress: float) -> None:
         set_lr(self.optimizer, scheduled_lr(self.config.lr, progress, "cosine"))
@@ -117,11 +122,16 @@ class EnergyTask:
         return energy_step(self.model, self.estimator, batch, self.optimizer, noise_generator)
 
     def evaluate(self, epoch: int, stats: dict[str, float], seconds: float) -> dict[str, Any]:
-        """Grid-normalised metrics on the epoch's test points, the epoch's frame, and their timings."""
+        """Grid-normalised metrics on the epoch's test points (beyond 2D: with the learned log Z), the epoch's
+        frame, and their timings."""
         clock = TrainingClock(None)
         clock.run()
         self.model.eval()
         test, test_log_p = self.test[:EPOCH_EVAL_POINTS], self.test_log_p[:EPOCH_EVAL_POINTS]
+        facts = {"log_z": self.model.log_z.item(), "learns_log_z": self.facts.learns_log_z}
+        if self.grid is None:
+            metrics = sample_metrics(self.model.log_prob, test, test_log_p, self.model.log_z.item(), None, self.device)
+            return {**metrics, "eval_seconds": clock.seconds, **stats, **facts}
         image = grid_log_prob(self.model.log_prob, self.grid, self.device)
         metrics = density_metrics(self.model.log_prob, self.grid, test, test_log_p, self.device, box_values=image)
         metrics["eval_seconds"] = clock.seconds
@@ -135,18 +145,26 @@ class EnergyTask:
                 samples = sample_cells(image, self.grid, self.config.frame_samples, generator)
             self.figure.save(image - log_z, self.frames.frame_path(epoch), text, samples)
             metrics["plot_seconds"] = clock.seconds - started
-        return {**metrics, **stats, "log_z": self.model.log_z.item(), "learns_log_z": self.facts.learns_log_z}
+        return {**metrics, **stats, **facts}
 
     def describe(self, m: dict[str, Any]) -> str:
         """One line per epoch (loss, accuracy, normaliser error if log Z is learned, NLL, KL, timings), or the
         final evaluation's line."""
-        if m.get("final"):
+        bracket = (f", AIS log Z ∈ [{m['log_z_lower']:.4f}, {m['log_z_upper']:.4f}] (learned {m['log_z']:.4f})"
+                   if "log_z_lower" in m else "")
+        if m.get("final") and self.grid is not None:
             return (f"final ({len(self.test)} test points, {2 * self.config.resolution}² grid): normaliser error "
                     f"{m['normaliser_error']:.4f}, mass outside the box {m['mass_outside']:.2g}, test NLL "
-                    f"{m['test_nll']:.4f}, KL {m['kl']:.4f} ± {m['kl_stderr']:.4f}")
+                    f"{m['test_nll']:.4f}, KL {m['kl']:.4f} ± {m['kl_stderr']:.4f}{bracket}")
+        if m.get("final"):
+            return (f"final ({len(self.test)} test points, D = {self.config.dims}): KL with the learned log Z "
+                    f"{m['kl']:.4f} ± {m['kl_stderr']:.4f} ({m['kl_per_copy']:.4f} per 2D copy){bracket}")
         loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
         accuracy = f"  acc {m['accuracy']:.3f}" if "accuracy" in m else ""
-        log_z = f"|log Z| {m['normaliser_error']:.4f}" if m["learns_log_z"] else "log Z free"
+        if "normaliser_error" not in m:
+            log_z = f"log Z {m['log_z']:.3f}"
+        else:
+            log_z = f"|log Z| {m['normaliser_error']:.4f}" if m["learns_log_z"] else "log Z free"
         return (f"epoch {m['epoch']:>3}/{self.config.epochs}{loss}{accuracy}  {log_z}  NLL {m['test_nll']:.4f} "
                 f"KL {m['kl']:.4f}  train {m['train_seconds']:.1f}s eval {m['eval_seconds']:.2f}s")
 
@@ -155,9 +173,13 @@ class EnergyTask:
                 "estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def finish(self, last: dict[str, Any], completed: bool, seconds: float) -> dict[str, Any]:
-        """The last epoch's metrics with the evaluation redone on all test points and a grid twice as fine."""
-        fine = Grid(self.grid.bound, 2 * self.config.resolution)
-        final = density_metrics(self.model.eval().log_prob, fine, self.test, self.test_log_p, self.device)
+        """The last epoch's metrics with the evaluation redone on all test points (2D: on a grid twice as fine) and,
+        where asked (by default beyond 2D), the AIS bracket on log Z (``ebm.energy.assess``)."""
+        config = self.config
+        fine = Grid(self.grid.bound, 2 * config.resolution) if self.grid is not None else None
+        distributions = ais_distributions(config.ais_distributions, config.dims)
+        final = assess(self.model, self.noise, self.test, self.test_log_p, fine, distributions, config.ais_chains,
+                       config.seed)
         return {**last, **final}
 
     def _title(self) -> str:

@@ -49,7 +49,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> EnergyMLP:
     """
     state = load_checkpoint(checkpoint_path(path))
     config = from_dict(EnergyConfig, state["config"])
-    model = build_energy(config, empty_noise(config.noise, config.noise_components))
+    model = build_energy(config, empty_noise(config.noise, config.noise_components, dims=config.dims))
     model.load_state_dict(state["model"])
     return model.to(get_device(device)).eval()
 

@@ -206,7 +206,8 @@ def fit(task: Task, config: RunConfig, context: DistributedContext) -> dict[str,
     if partial:
         report(f"time budget of {config.time_budget:g} s reached in epoch {position.epoch + 1}, step "
                f"{position.epoch_step} of {run.steps}; --resume continues from there")
-    final = {**task.finish(run.metrics, position.epoch_step == 0, run.clock.seconds),  # may change the model (calibration)
+    # finish may change the model (the LM's norm calibration): the checkpoint is written again after it
+    final = {**task.finish(run.metrics, position.epoch_step == 0, run.clock.seconds),
              "epoch": position.epoch + (position.epoch_step > 0), "final": True, "partial": partial,
              "steps": position.step, "train_seconds": run.clock.seconds, "elapsed": run.wall.seconds}
     run.checkpoint(run.epoch_rng)  # the saved model is the one the final metrics describe

@@ -18,9 +18,10 @@ from ebm.energy.estimators.base import (
     check_noise,
     check_positive_float,
     check_whole_ratio,
+    noise_dims,
     standard_normal,
 )
-from ebm.energy.objective import log_prob_joint, nce_loss
+from ebm.energy.objective import energy_nce_loss, log_prob_joint
 from ebm.nce import classifier_accuracy, conditional_nce_loss, exponential_nce_loss, ranking_nce_loss
 
 
@@ -48,7 +49,9 @@ class _AgainstNoise(Estimator):
         return cls(noise, options.noise_ratio)
 
     def _noise_points(self, data: Tensor, generator: torch.Generator | None) -> Tensor:
-        """ν points per data point: (B, ν, 2) for whole-ratio estimators, else round(ν·B) points (M, 2)."""
+        """ν points per data point: (B, ν, D) for whole-ratio estimators, else round(ν·B) points (M, D), after
+        checking that ``data`` is a batch (B, D) of the noise's dimension."""
+        check_batch(data, noise_dims(self.name, self.noise))
         if self.whole_ratio:
             return self.noise.sample((len(data), self.noise_ratio), generator)
         return self.noise.sample((max(1, round(self.noise_ratio * len(data))),), generator)
@@ -66,9 +69,8 @@ class NCE(_AgainstNoise):
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_batch(data)
-        noise_points = self._noise_points(data, generator)  # (M, 2)
-        loss, accuracy = nce_loss(model, self.noise, data, noise_points, self.noise_ratio)
+        noise_points = self._noise_points(data, generator)  # (M, D)
+        loss, accuracy = energy_nce_loss(model, self.noise, data, noise_points, self.noise_ratio)
         return loss, {"accuracy": accuracy.detach()}
 
 
@@ -87,8 +89,7 @@ class RankingNCE(_AgainstNoise):
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_batch(data)
-        noise_points = self._noise_points(data, generator)  # (B, ν, 2)
+        noise_points = self._noise_points(data, generator)  # (B, ν, D)
         r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)  # (B,), (B, ν)
         loss = ranking_nce_loss(r_data, r_noise).mean()
         accuracy = (r_data > r_noise.max(dim=1).values).float().mean()
@@ -107,23 +108,24 @@ class ExponentialNCE(_AgainstNoise):
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_batch(data)
-        noise_points = self._noise_points(data, generator)  # (M, 2)
+        noise_points = self._noise_points(data, generator)  # (M, D)
         r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)
         loss = exponential_nce_loss(r_data, r_noise)
         return loss, {"accuracy": classifier_accuracy(r_data, r_noise).detach()}
 
 
 def silverman_bandwidth(points: Tensor) -> float:
-    """Silverman's rule of thumb for a 2D Gaussian kernel: h = σ·n^(−1/6), σ² the mean of the two variances.
+    """Silverman's rule of thumb for an isotropic Gaussian kernel in D dimensions, from points (N, D):
 
-    (The rule h = σ·(4 / ((d + 2)·n))^(1/(d + 4)) at d = 2.) It is the scale at which n points resolve a
-    density's structure: the default spread of conditional NCE's noise.
+        h = σ·(4 / ((D + 2)·n))^(1/(D + 4)),   σ² the mean of the D variances   (D = 2: h = σ·n^(−1/6)).
+
+    It is the scale at which n points resolve a density's structure: the default spread of conditional NCE's noise.
     """
-    if points.dim() != 2 or points.shape[1] != 2 or len(points) < 2:
-        raise ValueError(f"points must have shape (N, 2) with N ≥ 2, got {tuple(points.shape)}")
+    if points.dim() != 2 or points.shape[1] < 1 or len(points) < 2:
+        raise ValueError(f"points must have shape (N, D) with N ≥ 2 and D ≥ 1, got {tuple(points.shape)}")
+    n, dims = points.shape
     sigma = points.detach().double().cpu().var(dim=0).mean().sqrt().item()
-    return sigma * len(points) ** (-1 / 6)
+    return sigma * (4 / ((dims + 2) * n)) ** (1 / (dims + 4))
 
 
 class ConditionalNCE(Estimator):
@@ -158,8 +160,8 @@ class ConditionalNCE(Estimator):
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         check_batch(data)
-        z = standard_normal((len(data), self.noise_ratio, 2), generator, data.device)  # (B, ν, 2)
-        noise_points = data.unsqueeze(1) + self.epsilon * z  # (B, ν, 2)
+        z = standard_normal((len(data), self.noise_ratio, data.shape[1]), generator, data.device)  # (B, ν, D)
+        noise_points = data.unsqueeze(1) + self.epsilon * z  # (B, ν, D)
         model_data, model_noise = log_prob_joint(model, data, noise_points)  # (B,), (B, ν)
         loss = conditional_nce_loss(model_data, model_noise).mean()
         accuracy = (model_data.unsqueeze(1) > model_noise).float().mean()
