@@ -1,45 +1,35 @@
-"""Benchmark of the whole NCE language model (ebm.lm.train): time to quality, quality at equal time and epochs.
+"""Benchmark of the whole language model (ebm.lm.train) on a held-out layout: equal time, time to target, large
+vocabularies, equal epochs. Tables go to stdout and <results>/lm_<section>.md; every run to <results>/lm_runs.json
+(replaced when measured again), so sections run apart share their runs and ``--report-only`` reprints them.
 
-Prints markdown tables and writes them to bench/results/lm_<section>.md; every training run is also kept in
-bench/results/lm_runs.json (one entry per run, replaced when the same run is measured again), so sections run
-in separate invocations share their runs and ``--report-only`` reprints the tables without training.
+WikiText-2 (only valid.txt and test.txt here) is laid out by ``ebm.data.layout.heldout_layout``: train = the first
+90% of valid.txt's lines, valid = the rest, test = test.txt, a link ``train_lm`` opens only for the final score.
+What a run chooses (plateau halvings, ``--calibrate-norm``, the curves of the time section) reads valid; every
+table prints its layout. After the final score the bench scores the saved model on valid once more.
 
-  step    median time of one whole training step (embedding → 2-layer LSTM 200/200 → output → backward → clip →
-          update, 20×35 tokens) with NCE k=100 (one noise draw per batch, and one per sequence), against the same
-          network with *no output layer* (its loss a cheap function of the features), at V = 100k and 1M; full
-          softmax at V = 100k for contrast.
-  budget  each loss trained for the same seconds (--budget, 390 in the issue) on WikiText-2: exact test perplexity,
-          self-normalised perplexity, log Z − norm (mean ± sd on all of test; mean |·| and quantiles on the test
-          tokens outside the valid prefix), tokens/s, epochs. Runs go side by side, --jobs at a time.
-  time    time to target: the training seconds at which each run's exact perplexity first reaches the full
-          softmax's perplexity at the end of its --budget run, read from each run's evaluation points (the
-          validation perplexity after every epoch and after the last, partial one; see ``seconds_to_target``);
-          and the runs of --short-budget seconds (39 by default: 1/10 of the budget), because a cosine schedule
-          over a short budget is a different run from the first seconds of a long one. Needs the budget run of
-          "full" (run --sections budget first, or in the same call).
-  epochs  equal epochs on the synthetic language (V = --synthetic-vocab words + <unk>): validation perplexity
-          per epoch with each loss's ratio to the full softmax, and the test perplexity at the end; "converged"
-          means the last epoch changed the validation perplexity by less than --flat (0.5 %).
+  step    one whole training step (2-layer LSTM 200/200, 20×35 tokens), NCE k=100 with noise per batch and per
+          sequence, against the same network with *no output layer*, at V = --vocab (full softmax at V ≤ 100k).
+  budget  --budget seconds (390 in issue 16) per run on WikiText-2: {lstm, transformer} × {full, adaptive,
+          nce100, sampled100}, and for the LSTM the seed's design, nce100-calib and nce100-selfnorm: exact test
+          ppl, tokens/s, epochs, the final model's valid ppl; for sampled losses exp(−mean(s − norm)) on test
+          beside log Z − norm. That value is a (self-normalised) perplexity only for NCE, whose scores normalise;
+          sampled softmax's do not (log Z − norm ≈ +2). Calibrated rows: perplexity cost against plain nce100.
+  time    read from the budget runs: the training seconds at which each run's valid curve (every epoch and the
+          end; ``seconds_to_target``) first reaches the full and the adaptive softmax's valid ppl at the end of
+          their runs (same network), and that time ÷ their own. --short-budget S > 0 also trains S-second runs.
+  vocab   bench/bench_large_vocab.py at V = --vocab: one output-layer step per loss, time and peak memory.
+  epochs  equal epochs on the synthetic language (--synthetic-vocab words + <unk>, exact floor exp(H)): valid
+          ppl per epoch with its ratio to the full softmax of the same network, test ppl.
 
-The losses are the package's recipe (LMConfig defaults: tied 2×200 LSTM, locked dropout 0.4/0.3/0.4, Adam 4e-3
-held for half the run then cosine to 0, batch 20, bptt 35) with the loss swapped: full softmax, NCE k = 100
-(one noise draw per sequence), sampled softmax k = 100; NCE with --calibrate-norm, and with a
-self-normalisation penalty as well; and, as a reference row, the seed's design (NCE k = 100 with noise shared
-by the batch, untied, dropout 0.2, dense gradients, SGD lr 1 with momentum 0.9, clip 0.25, lr halved when the
-validation perplexity does not improve), which the package cannot express: this file swaps in dense gradients
-and momentum SGD inside that run's process only.
+Recipes: LMConfig's defaults (tied 2×200 LSTM, locked dropout 0.4/0.3/0.4, Adam 4e-3 held for half the run then
+cosine to 0, batch 20 × bptt 35) with the loss (and --model) swapped; "adaptive" is untied (its head and tail are
+not the input embedding); "seed" is the seed's design (NCE k = 100, noise per batch, untied, dropout 0.2, dense
+gradients, SGD 1 + momentum 0.9, clip 0.25, halved on plateau) through ``train_lm``'s build/optimizer seams.
 
-WikiText-2 set-up (the training split is not on this machine): train.txt = WikiText-2 valid.txt, test.txt =
-WikiText-2 test.txt, and valid.txt = the first 10% of the lines of test.txt (the plateau decay, the per-epoch
-curve and --calibrate-norm read it; a full-softmax pass over all of test.txt every epoch would cost more than an
-NCE epoch). Files are linked or written under bench/results/, never copied into the repository.
-
-Usage (hours on a shared 2-core CPU; each run uses --threads threads, --jobs runs at a time):
-    python bench/bench_lm.py --sections step
-    python bench/bench_lm.py --sections budget time                  # WikiText-2: 4 runs of 390 s, 1 of 39 s
-    python bench/bench_lm.py --sections budget --losses nce100-calib nce100-selfnorm
-    python bench/bench_lm.py --sections time --short-budget 39 --seeds 0 1
-    python bench/bench_lm.py --sections epochs --epochs 10           # synthetic language, V = 2,001
+Usage (runs on --threads threads, --jobs at a time: wall ≈ runs × budget / jobs, plus evaluations):
+    python bench/bench_lm.py --sections budget time               # 11 runs of 390 s: about 40 min at --jobs 2
+    python bench/bench_lm.py --sections budget --models lstm --losses nce100-calib nce100-selfnorm
+    python bench/bench_lm.py --sections epochs --epochs 10        # synthetic language, V = 2,001: 6 runs
     python bench/bench_lm.py --sections budget time epochs --report-only
 """
 
@@ -51,6 +41,8 @@ import math
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -59,22 +51,26 @@ from typing import Any
 
 import torch
 
-from ebm.data.corpus import batchify, bptt_chunks
-from ebm.lm import train as lm_train
+from ebm.data.layout import describe_layout, heldout_layout
+from ebm.harness import checkpoint_path
+from ebm.lm.build import build_model
+from ebm.lm.config import LMConfig
 from ebm.lm.models import RNNLM
 from ebm.lm.optim import SplitOptimizer, clip_grad_norm_, make_optimizer
 from ebm.lm.output import SampledOutput
-from ebm.lm.train import LMConfig, load_lm, load_lm_corpus, train_lm
+from ebm.lm.task import evaluator, load_lm_corpus
+from ebm.lm.train import load_lm, train_lm
+from ebm.utils import load_checkpoint
 
-RESULTS = Path(__file__).resolve().parent / "results"
-STORE = RESULTS / "lm_runs.json"
-WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+BENCH = Path(__file__).resolve().parent
+WIKITEXT = BENCH.parents[1] / "shared" / "data" / "wikitext-2"
 SEED_DESIGN = dict(loss="nce", noise_ratio=100, noise_sharing="batch", tie_weights=False, dropout=0.2,
                    dropout_embedding=None, dropout_between=None, dropout_output=None, locked_dropout=False,
                    optimizer="sgd", lr=1.0, clip=0.25, schedule="plateau", lr_decay=0.5)
-# name → LMConfig settings over the package defaults ("seed" also swaps in dense gradients and momentum SGD)
+# name → LMConfig settings over the package defaults ("seed" also gets dense gradients and momentum SGD)
 RECIPES: dict[str, dict[str, Any]] = {
     "full": dict(loss="full"),
+    "adaptive": dict(loss="adaptive", tie_weights=False),
     "nce100": dict(loss="nce", noise_ratio=100),
     "nce10": dict(loss="nce", noise_ratio=10),
     "nce500": dict(loss="nce", noise_ratio=500),
@@ -83,10 +79,16 @@ RECIPES: dict[str, dict[str, Any]] = {
     "nce100-selfnorm": dict(loss="nce", noise_ratio=100, selfnorm_weight=1.0, calibrate_norm=True),
     "seed": SEED_DESIGN,
 }
-DEFAULT_LOSSES = {"budget": ["full", "nce100", "sampled100", "seed"], "time": ["nce100"],
-                  "epochs": ["full", "nce100", "nce10", "nce500"]}
+MODELS: dict[str, dict[str, Any]] = {"lstm": {}, "transformer": dict(model="transformer")}
+RIVALS = ["full", "adaptive", "nce100", "sampled100"]
+# section → network → recipes trained by default (time trains only with --short-budget)
+DEFAULT_RUNS: dict[str, dict[str, list[str]]] = {
+    "budget": {"lstm": [*RIVALS, "seed", "nce100-calib", "nce100-selfnorm"], "transformer": RIVALS},
+    "time": {"lstm": ["nce100"], "transformer": ["nce100"]},
+    "epochs": {"lstm": ["full", "nce100", "nce10", "nce500"], "transformer": ["full", "nce100"]},
+}
 DEFAULT_DATASETS = {"budget": ["wikitext-2"], "time": ["wikitext-2"], "epochs": ["synthetic"]}
-GAP_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+SECTIONS = ("step", "budget", "time", "vocab", "epochs")
 
 
 # ------------------------------------------------------------------------------------------------------ step
@@ -124,9 +126,9 @@ def _make_step(vocab_size: int, loss: str, k: int, noise_sharing: str = "batch")
     return step
 
 
-def bench_step(vocab_sizes: list[int], repeats: int) -> tuple[str, list[dict]]:
+def bench_step(vocab_sizes: list[int], repeats: int) -> str:
     """No-output and NCE steps are timed alternately (so load changes hit both alike); medians."""
-    rows = []
+    lines = ["| V | step | ms | tokens/s | × no-output step |", "|---|---|---|---|---|"]
     for vocab_size in vocab_sizes:
         cases = {"no output layer": ("none", 1), "NCE k=100, noise per batch": ("nce", 100, "batch"),
                  "NCE k=100, noise per sequence (the LM default)": ("nce", 100, "sequence")}
@@ -144,51 +146,59 @@ def bench_step(vocab_sizes: list[int], repeats: int) -> tuple[str, list[dict]]:
         base = statistics.median(times["no output layer"])
         for name, samples in times.items():
             seconds = statistics.median(samples)
-            rows.append({"V": vocab_size, "step": name, "ms": 1e3 * seconds, "tokens_per_s": 700 / seconds,
-                         "ratio_to_no_output": seconds / base, "samples": len(samples)})
-    lines = ["| V | step | ms | tokens/s | × no-output step |", "|---|---|---|---|---|"]
-    lines += [f"| {r['V']:,} | {r['step']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['ratio_to_no_output']:.2f} |"
-              for r in rows]
-    return "\n".join(lines), rows
+            lines.append(f"| {vocab_size:,} | {name} | {1e3 * seconds:.1f} | {700 / seconds:,.0f} | "
+                         f"{seconds / base:.2f} |")
+    return "\n".join(lines)
+
+
+def bench_vocab(vocab_sizes: list[int], threads: int) -> str:
+    """The table of bench/bench_large_vocab.py at ``vocab_sizes`` (its own subprocesses, ``threads`` each)."""
+    script = BENCH / "bench_large_vocab.py"
+    if not script.is_file():
+        return f"({script.name} is not in this checkout)"
+    command = [sys.executable, str(script), "--vocab", *map(str, vocab_sizes), "--threads", str(threads)]
+    text = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+    return f"`python bench/{script.name} --vocab {' '.join(map(str, vocab_sizes))} --threads {threads}`\n\n{text}"
 
 
 # ------------------------------------------------------------------------------------------------- training
-def wikitext_folder(source: Path) -> Path:
-    """bench/results/wikitext-2-bench/{train,valid,test}.txt built from the shared valid/test files."""
-    folder = RESULTS / "wikitext-2-bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, target in (("train.txt", source / "valid.txt"), ("test.txt", source / "test.txt")):
-        link = folder / name
-        if not link.exists():
-            os.symlink(target.resolve(), link)
-    with (source / "test.txt").open(encoding="utf-8") as f:  # lines as the corpus reader counts them
-        lines = list(f)
-    valid, text = folder / "valid.txt", "".join(lines[: len(lines) // 10])
-    if not valid.exists() or valid.read_text(encoding="utf-8") != text:  # runs started together read it unchanged
-        partial = folder / f"valid.txt.{os.getpid()}"
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, valid)  # atomic: a reader sees the old file or the new one, never half of it
-    return folder
+def dense_model(config: LMConfig, counts: torch.Tensor, sparse: bool = True) -> torch.nn.Module:
+    """The seed design's model: ``build_model`` with dense gradients everywhere."""
+    return build_model(config, counts, sparse=False)
 
 
-def _use_seed_design() -> None:
-    """The seed's dense gradients and SGD with momentum 0.9, patched into ebm.lm.train in this process only."""
-    build_model = lm_train.build_model
-
-    def dense_model(config: LMConfig, counts: torch.Tensor, sparse: bool = True) -> torch.nn.Module:
-        return build_model(config, counts, sparse=False)
-
-    def momentum_sgd(model: torch.nn.Module, name: str, lr: float, sparse=()) -> SplitOptimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
-        return SplitOptimizer([torch.optim.SGD(params, lr=lr, momentum=0.9)])
-
-    lm_train.build_model, lm_train.make_optimizer = dense_model, momentum_sgd
+def momentum_sgd(model: torch.nn.Module, config: LMConfig) -> SplitOptimizer:
+    """The seed design's optimiser: SGD at ``config.lr`` with momentum 0.9 on every parameter."""
+    return SplitOptimizer([torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                           momentum=0.9)])
 
 
 def run_key(run: dict) -> str:
-    """What identifies a run in the store: dataset, recipe, seed and budget or epochs."""
+    """What identifies a run in the store: dataset, network, recipe, seed and budget or epochs."""
     length = f"b{run['budget']:g}" if run.get("budget") else f"e{run['epochs']}"
-    return f"{run['dataset']}/{run['recipe']}/s{run['seed']}/{length}"
+    return f"{run['dataset']}/{run['model']}/{run['recipe']}/s{run['seed']}/{length}"
+
+
+def plan_runs(defaults: dict[str, list[str]], models: list[str] | None, losses: list[str] | None
+              ) -> list[tuple[str, str]]:
+    """(network, recipe) pairs: ``models`` × ``losses`` where given, else a section's ``defaults`` (per network)."""
+    return [(model, recipe) for model in (models or defaults) for recipe in (losses or defaults.get(model, []))]
+
+
+def dataset_label(name: str, synthetic_vocab: int, synthetic_tokens: int = 1_000_000) -> str:
+    """The store's name of a dataset: the held-out WikiText-2 layout, or the synthetic language with its size."""
+    if name == "wikitext-2":
+        return "wikitext-2-heldout"
+    return f"synthetic-{synthetic_vocab}" + (f"-{synthetic_tokens}" if synthetic_tokens != 1_000_000 else "")
+
+
+def describe_dataset(label: str, folder: str) -> str:
+    """The line printed above a dataset's tables: where its train / valid / test come from."""
+    if folder == "synthetic":
+        words, *tokens = label.split("-")[1:]
+        return (f"{label}: the synthetic language of {words} words + <unk>; train / valid / test sampled from it "
+                f"({int(tokens[0]) if tokens else 1_000_000:,} tokens, a tenth each), exact floor exp(H)")
+    return describe_layout(folder)
 
 
 def _curve(out: Path) -> list[list[float]]:
@@ -197,82 +207,50 @@ def _curve(out: Path) -> list[list[float]]:
     return [[m["train_seconds"], m["valid_ppl"], m["epoch"]] for m in lines if "valid_ppl" in m and not m.get("final")]
 
 
-@torch.no_grad()
-def _gap_tail(model: torch.nn.Module, ids: torch.Tensor, bptt: int) -> dict[str, Any]:
-    """Exact ppl and log Z − norm statistics over a token stream (10 rows, state carried, as ``evaluate``)."""
-    nll, gaps, state = [], [], None
-    for input, target in bptt_chunks(batchify(ids, 10), bptt):
-        token_nll, gap, state = model.scores(input, target, state)
-        nll.append(token_nll.reshape(-1).double())
-        if gap is not None:
-            gaps.append(gap.reshape(-1).double())
-    result: dict[str, Any] = {"ppl": math.exp(float(torch.cat(nll).mean()))}
-    if gaps:
-        gap = torch.cat(gaps)
-        result.update(mean=float(gap.mean()), sd=float(gap.std()), abs=float(gap.abs().mean()),
-                      quantiles=torch.quantile(gap, torch.tensor(GAP_QUANTILES, dtype=torch.float64)).tolist())
-    return result
-
-
-def _after_training(result: dict, config: LMConfig) -> dict:
-    """The final model's validation ppl (the last point of the curve) and log Z − norm on the test tokens outside
-    the valid prefix (the bench's valid split is the first 10% of test, which --calibrate-norm reads)."""
-    model = load_lm(result["out"]).model  # the checkpoint holds the final model, before any norm calibration
-    if result.get("norm_shift") and isinstance(getattr(model.output, "norm", None), torch.Tensor):
-        model.output.norm.add_(result["norm_shift"])
-    corpus = load_lm_corpus(config)
-    extra = {"final_valid_ppl": _gap_tail(model, corpus.valid.ids, config.bptt)["ppl"]}
-    if config.dataset != "synthetic" and config.loss != "full":  # test = valid prefix + tail (WikiText-2 bench)
-        tail = _gap_tail(model, corpus.test.ids[len(corpus.valid):], config.bptt)
-        extra["test_tail"] = {"tokens": len(corpus.test) - len(corpus.valid), **tail}
-    return extra
-
-
 def train_one(spec: dict) -> dict:
-    """One run (in a fresh process): the recipe's LMConfig, trained, then measured; returns its store entry."""
-    recipe = RECIPES[spec["recipe"]]
-    if spec["recipe"] == "seed":
-        _use_seed_design()
-    dataset = str(wikitext_folder(WIKITEXT)) if spec["dataset"] == "wikitext-2" else spec["dataset"]
-    config = LMConfig(dataset=dataset, out=str(RESULTS / "lm_runs" / run_key(spec).replace("/", "_")),
-                      progress=False, threads=spec["threads"], seed=spec["seed"], epochs=spec["epochs"],
-                      time_budget=spec.get("budget"), synthetic_vocab=spec["synthetic_vocab"], **recipe)
+    """One run (in a fresh process): the recipe's LMConfig trained by ``train_lm``; returns its store entry,
+    with the validation ppl of the saved model (calibrated where asked), scored after the final test score."""
+    settings = {**MODELS[spec["model"]], **RECIPES[spec["recipe"]]}
+    seams = dict(build=dense_model, optimizer=momentum_sgd) if spec["recipe"] == "seed" else {}
+    config = LMConfig(dataset=spec["folder"], out=str(Path(spec["results"]) / "lm_runs" / run_key(spec).replace(
+        "/", "_")), progress=False, threads=spec["threads"], seed=spec["seed"], epochs=spec["epochs"],
+                      time_budget=spec["budget"], synthetic_vocab=spec["synthetic_vocab"],
+                      synthetic_tokens=spec["synthetic_tokens"], **settings)
     load_start, started = os.getloadavg(), time.perf_counter()
-    result = train_lm(config)
-    entry = {**spec, **result, "wall_s": time.perf_counter() - started, "load_start": load_start,
-             "load_end": os.getloadavg(), "curve": _curve(Path(result["out"])),
+    result = train_lm(config, **seams)
+    entry = {**spec, **result, "loss": config.loss, "wall_s": time.perf_counter() - started,
+             "load_start": load_start, "load_end": os.getloadavg(), "curve": _curve(Path(result["out"])),
              "date": datetime.now().isoformat(timespec="seconds")}
-    entry.update(_after_training(result, config))
+    corpus, tokens = load_lm_corpus(config), load_checkpoint(checkpoint_path(result["out"]))["tokens"]
+    entry["final_valid_ppl"] = evaluator(config, corpus, torch.device("cpu"))(load_lm(result["out"]).model,
+                                                                             corpus.valid)["ppl"]
+    entry["tokens_per_s"] = tokens / result["train_seconds"]  # the task's figure divides by the last epoch's clock
     return entry
 
 
-def run_all(specs: list[dict], jobs: int) -> list[dict]:
+def run_all(specs: list[dict], jobs: int, store: Path) -> None:
     """Train ``specs`` in fresh processes, ``jobs`` at a time (in order, so neighbours run side by side); each
     finished run goes into the store at once."""
-    entries = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(train_one, spec) for spec in specs]
-        for future in futures:
+        for future in [pool.submit(train_one, spec) for spec in specs]:
             entry = future.result()
-            save_entries([entry])
-            entries.append(entry)
+            save_entries(store, [entry])
             print(f"  {run_key(entry)}: test ppl {entry['test_ppl']:.2f}, {entry['epoch']} epochs, "
                   f"{entry['train_seconds']:.0f} s, {entry['tokens_per_s']:,.0f} tok/s, load {entry['load_end']}",
                   flush=True)
-    return entries
 
 
-def load_entries() -> dict[str, dict]:
-    return json.loads(STORE.read_text()) if STORE.exists() else {}
+def load_entries(store: Path) -> dict[str, dict]:
+    return json.loads(store.read_text()) if store.exists() else {}
 
 
-def save_entries(entries: list[dict]) -> None:
-    store = load_entries()
-    store.update({run_key(e): e for e in entries})
-    partial = STORE.with_suffix(f".{os.getpid()}")
-    partial.write_text(json.dumps(store, indent=1, default=str))
-    os.replace(partial, STORE)
+def save_entries(store: Path, entries: list[dict]) -> None:
+    runs = load_entries(store)
+    runs.update({run_key(e): e for e in entries})
+    partial = store.with_suffix(f".{os.getpid()}")
+    partial.write_text(json.dumps(runs, indent=1, default=str))
+    os.replace(partial, store)
 
 
 # --------------------------------------------------------------------------------------------------- tables
@@ -280,36 +258,49 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _full_of(store: dict, dataset: str, seed: int, budget: float | None = None, epochs: int | None = None):
-    key = run_key({"dataset": dataset, "recipe": "full", "seed": seed, "budget": budget, "epochs": epochs})
-    return store.get(key)
+def _runs(store: dict, dataset: str, **match: Any) -> list[dict]:
+    """The stored runs on ``dataset`` whose fields equal ``match``, by network, recipe and seed."""
+    return sorted((e for e in store.values() if e["dataset"] == dataset and all(e.get(k) == v
+                                                                                 for k, v in match.items())),
+                  key=lambda e: (e["model"], e["recipe"], e["seed"]))
+
+
+def _partner(store: dict, run: dict, recipe: str) -> dict | None:
+    """The run of ``recipe`` with the same dataset, network, seed and length as ``run``."""
+    return store.get(run_key({**run, "recipe": recipe}))
+
+
+def _selfnorm_row(r: dict, nce: dict | None) -> str:
+    """A row of the self-normalisation table: exp(−mean(s − norm)) named for what it is, and the log Z gap."""
+    value = math.exp(math.log(r["test_ppl"]) - r["test_log_z_gap_mean"])  # = test_ppl_selfnorm
+    what = "self-normalised ppl" if r["loss"] == "nce" else "not a perplexity (scores do not normalise)"
+    cost = f"{100 * (r['test_ppl'] / nce['test_ppl'] - 1):+.1f} %" if nce and nce is not r else "–"
+    return (f"| {r['model']} | {r['recipe']} | {r['seed']} | {r['test_ppl']:.2f} | {value:.2f}: {what} | "
+            f"{r['test_log_z_gap_mean']:+.3f} | {r['test_log_z_gap_std']:.3f} | {r['test_log_z_gap_abs']:.3f} | "
+            f"{cost} |")
 
 
 def budget_tables(store: dict, dataset: str, budget: float) -> str:
     """Equal-time table and the self-normalisation table for the runs of ``budget`` seconds on ``dataset``."""
-    rows = [e for e in store.values() if e["dataset"] == dataset and e.get("budget") == budget]
-    lines = ["| loss | seed | epochs | train s | tokens/s | test ppl | × full | self-norm ppl | log Z − norm "
-             "(test) | valid ppl at end | load start → end | date |", "|---" * 12 + "|"]
-    quantiles = " / ".join(f"q{round(100 * q):02d}" for q in GAP_QUANTILES)
-    gap_lines = [f"| loss | seed | tail tokens | exact ppl | self-norm ppl | mean | sd | mean abs | {quantiles} |",
-                 "|---" * 9 + "|"]
+    rows = _runs(store, dataset, budget=budget)
+    if not rows:
+        return f"(no {budget:g}-s runs on {dataset} in the store)"
+    lines = ["| network | loss | seed | epochs | train s | tokens/s | test ppl (exact) | × full | valid ppl at end | "
+             "load start → end | date |", "|---" * 11 + "|"]
+    gaps = ["| network | loss | seed | test ppl (exact) | exp(−mean(s − norm)) on test | log Z − norm: mean | sd | "
+            "mean abs | ppl vs nce100 |", "|---" * 9 + "|"]
     for r in rows:
-        full = _full_of(store, dataset, r["seed"], budget=budget)
+        full = _partner(store, r, "full")
         ratio = _fmt(r["test_ppl"] / full["test_ppl"], ".3f") if full else "–"
-        gap = (f"{r['test_log_z_gap_mean']:+.3f} ± {r['test_log_z_gap_std']:.3f}" if "test_log_z_gap_mean" in r
-               else "–")
         load = f"{r['load_start'][0]:.1f} → {r['load_end'][0]:.1f}"
-        lines.append(f"| {r['recipe']} | {r['seed']} | {r['epoch']} | {r['train_seconds']:.0f} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['test_ppl']:.2f} | {ratio} | {_fmt(r.get('test_ppl_selfnorm'))} | "
-                     f"{gap} | {_fmt(r.get('final_valid_ppl'))} | {load} | {r['date'][:16]} |")
-        tail = r.get("test_tail", {})
-        if "mean" in tail:
-            quantiles = " / ".join(f"{q:+.2f}" for q in tail["quantiles"])
-            gap_lines.append(f"| {r['recipe']} | {r['seed']} | {tail['tokens']:,} | {tail['ppl']:.2f} | "
-                             f"{math.exp(math.log(tail['ppl']) - tail['mean']):.2f} | {tail['mean']:+.3f} | "
-                             f"{tail['sd']:.3f} | {tail['abs']:.3f} | {quantiles} |")
-    return "\n".join(lines) + "\n\nlog Z(context) − norm on the test tokens after the valid prefix (disjoint from " \
-        "what --calibrate-norm reads); goal mean |·| ≤ 0.1, sd ≤ 0.15:\n\n" + "\n".join(gap_lines)
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['seed']} | {r['epoch']} | {r['train_seconds']:.0f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['test_ppl']:.2f} | {ratio} | {_fmt(r.get('final_valid_ppl'))} | "
+                     f"{load} | {r['date'][:16]} |")
+        if r.get("test_log_z_gap_mean") is not None:
+            gaps.append(_selfnorm_row(r, _partner(store, r, "nce100")))
+    return ("\n".join(lines) + "\n\nSelf-normalisation on all of test (s − norm is a sampled loss's log-score; "
+            "goals with the penalty: mean |log Z − norm| ≤ 0.1, sd ≤ 0.15, perplexity cost ≤ 1%):\n\n"
+            + "\n".join(gaps))
 
 
 def seconds_to_target(points: list[tuple[float, float]], target: float) -> tuple[float | None, str]:
@@ -338,127 +329,151 @@ def _points(entry: dict) -> list[tuple[float, float]]:
     return points
 
 
+def time_to_target(run: dict, reference: dict) -> tuple[str, str]:
+    """(seconds for ``run`` to reach ``reference``'s final validation ppl, those seconds ÷ the reference's own)."""
+    target = reference["final_valid_ppl"]
+    seconds, how = seconds_to_target(_points(run), target)
+    if seconds is None:
+        return f"not reached (best {min(p for _, p in _points(run)):.1f})", "–"
+    own, _ = seconds_to_target(_points(reference), target)
+    return f"{how} {seconds:.0f}".strip(), f"{how} {seconds / own:.3f}".strip() if own else "–"
+
+
 def time_table(store: dict, dataset: str, budget: float) -> str:
-    """Seconds to the full softmax's perplexity after ``budget`` s, for every run on ``dataset``."""
-    fulls = [e for e in store.values()
-             if e["dataset"] == dataset and e["recipe"] == "full" and e.get("budget") == budget]
-    if not fulls:
-        return f"(no full-softmax run of {budget:g} s on {dataset} in {STORE.name}: run --sections budget first)"
-    full = min(fulls, key=lambda e: e["seed"])
-    target_valid, target_test = full["final_valid_ppl"], full["test_ppl"]
-    lines = [f"Target: the full softmax (seed {full['seed']}) after {budget:g} s: valid ppl {target_valid:.2f}, test "
-             f"ppl {target_test:.2f}.", "",
-             "| loss | seed | budget s | evaluation points (s: valid ppl) | s to target valid ppl | ÷ "
-             f"{budget:g} s | test ppl at end | test ≤ target? |", "|---|---|---|---|---|---|---|---|"]
-    rows = sorted((e for e in store.values() if e["dataset"] == dataset and e.get("budget")),
-                  key=lambda e: (e["recipe"], -e["budget"], e["seed"]))
-    for r in rows:
-        points = _points(r)
-        shown = ", ".join(f"{t:.0f}: {p:.1f}" for t, p in points[:4])
-        if len(points) > 4:
-            shown += f", … {points[-1][0]:.0f}: {points[-1][1]:.1f}"
-        seconds, how = seconds_to_target(points, target_valid)
-        best = min(p for _, p in points)
-        reached = f"{how} {seconds:.0f}".strip() if seconds is not None else f"not reached (best {best:.1f})"
-        ratio = f"{how} {seconds / budget:.3f}".strip() if seconds is not None else "–"
-        meets = "yes" if r["test_ppl"] <= target_test else "no"
-        lines.append(f"| {r['recipe']} | {r['seed']} | {r['budget']:g} | {shown} | {reached} | {ratio} | "
-                     f"{r['test_ppl']:.2f} | {meets} |")
-    return "\n".join(lines)
+    """Per network: each run's seconds to the full and the adaptive softmax's validation ppl after ``budget`` s."""
+    parts = []
+    for model in sorted({e["model"] for e in _runs(store, dataset) if e.get("budget")}):
+        refs = {name: runs[0] for name in ("full", "adaptive")
+                if (runs := _runs(store, dataset, model=model, recipe=name, budget=budget))}
+        if not refs:
+            parts.append(f"{model}: no full or adaptive run of {budget:g} s in the store (run --sections budget)")
+            continue
+        heads = [f"{name} (seed {r['seed']}) after {budget:g} s: valid ppl {r['final_valid_ppl']:.2f}, test ppl "
+                 f"{r['test_ppl']:.2f}" for name, r in refs.items()]
+        lines = [f"{model}, targets: " + "; ".join(heads) + ". Goals: nce100 ≤ 0.5 × adaptive's time, ≤ 0.1 × "
+                 "full's.", "", "| loss | seed | budget s | evaluation points (s: valid ppl) | "
+                 + " | ".join(f"s to {name}'s | ÷ {name}'s s" for name in refs) + " | test ppl at end |",
+                 "|---" * (5 + 2 * len(refs)) + "|"]
+        for r in sorted(_runs(store, dataset, model=model), key=lambda e: (e["recipe"], -(e["budget"] or 0))):
+            if not r.get("budget"):
+                continue
+            points = _points(r)
+            shown = ", ".join(f"{t:.0f}: {p:.1f}" for t, p in points[:4])
+            shown += f", … {points[-1][0]:.0f}: {points[-1][1]:.1f}" if len(points) > 4 else ""
+            cells = " | ".join(" | ".join(time_to_target(r, ref)) for ref in refs.values())
+            lines.append(f"| {r['recipe']} | {r['seed']} | {r['budget']:g} | {shown} | {cells} | {r['test_ppl']:.2f} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or f"(no timed runs on {dataset} in the store)"
 
 
 def epochs_table(store: dict, dataset: str, epochs: int, flat: float) -> str:
     """Test ppl after ``epochs`` epochs and the validation ppl per epoch, each loss's ratio to the full softmax."""
-    rows = [e for e in store.values() if e["dataset"] == dataset and not e.get("budget") and e["epochs"] == epochs]
+    rows = _runs(store, dataset, budget=None, epochs=epochs)
     if not rows:
-        return f"(no {epochs}-epoch runs on {dataset} in {STORE.name})"
-    lines = ["| loss | seed | epochs | train s | tokens/s | test ppl | × full | self-norm ppl | log Z − norm | floor "
-             "exp(H) | last epoch Δ valid | converged |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        return f"(no {epochs}-epoch runs on {dataset} in the store)"
+    lines = ["| network | loss | seed | epochs | train s | tokens/s | test ppl | × full | floor exp(H) | last epoch Δ "
+             "valid | converged |", "|---" * 11 + "|"]
     for r in rows:
-        full = _full_of(store, dataset, r["seed"], epochs=epochs)
+        full = _partner(store, r, "full")
         ratio = _fmt(r["test_ppl"] / full["test_ppl"], ".3f") if full else "–"
-        gap = (f"{r['test_log_z_gap_mean']:+.3f} ± {r['test_log_z_gap_std']:.3f}" if "test_log_z_gap_mean" in r
-               else "–")
         curve = [p for _, p, _ in r["curve"]]
         change = (curve[-1] - curve[-2]) / curve[-2] if len(curve) > 1 else None
         converged = "–" if change is None else ("yes" if abs(change) < flat else "no")
-        lines.append(f"| {r['recipe']} | {r['seed']} | {r['epoch']} | {r['train_seconds']:.0f} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['test_ppl']:.2f} | {ratio} | {_fmt(r.get('test_ppl_selfnorm'))} | "
-                     f"{gap} | {_fmt(r.get('floor_ppl'))} | {_fmt(None if change is None else 100 * change, '+.2f')} % "
-                     f"| {converged} |")
-    by_loss = {(r["recipe"], r["seed"]): [p for _, p, _ in r["curve"]] for r in rows}
-    names = list(by_loss)
-    head = "| epoch | " + " | ".join(f"{n} (s{s})" for n, s in names) + " |"
-    per_epoch = ["Validation perplexity per epoch (× full softmax of the same seed):", "", head,
-                 "|---|" + "---|" * len(names)]
-    for epoch in range(max(len(c) for c in by_loss.values())):
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['seed']} | {r['epoch']} | {r['train_seconds']:.0f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['test_ppl']:.2f} | {ratio} | {_fmt(r.get('floor_ppl'))} | "
+                     f"{_fmt(None if change is None else 100 * change, '+.2f')} % | {converged} |")
+    curves = {(r["model"], r["recipe"], r["seed"]): [p for _, p, _ in r["curve"]] for r in rows}
+    per_epoch = ["Validation perplexity per epoch (× the full softmax of the same network and seed):", "",
+                 "| epoch | " + " | ".join(f"{m} {n} (s{s})" for m, n, s in curves) + " |",
+                 "|---|" + "---|" * len(curves)]
+    for epoch in range(max(map(len, curves.values()))):
         cells = []
-        for name, seed in names:
-            curve, full = by_loss[(name, seed)], by_loss.get(("full", seed), [])
-            if epoch >= len(curve):
-                cells.append("–")
-            elif name != "full" and epoch < len(full):
-                cells.append(f"{curve[epoch]:.2f} ({curve[epoch] / full[epoch]:.3f})")
-            else:
-                cells.append(f"{curve[epoch]:.2f}")
+        for (model, name, seed), curve in curves.items():
+            full = curves.get((model, "full", seed), [])
+            cell = f"{curve[epoch]:.2f}" if epoch < len(curve) else "–"
+            if epoch < len(curve) and name != "full" and epoch < len(full):
+                cell += f" ({curve[epoch] / full[epoch]:.3f})"
+            cells.append(cell)
         per_epoch.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + "\n".join(per_epoch)
 
 
 # ----------------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> None:
+TABLES = {"budget": lambda runs, label, args: budget_tables(runs, label, args.budget),
+          "time": lambda runs, label, args: time_table(runs, label, args.budget),
+          "epochs": lambda runs, label, args: epochs_table(runs, label, args.epochs, args.flat)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["step", "budget", "time", "epochs"],
-                        choices=["step", "budget", "time", "epochs"])
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--datasets", nargs="+", choices=["wikitext-2", "synthetic"],
-                        help="default: wikitext-2 for budget and time, synthetic for epochs")
+                        help=f"default per section: {DEFAULT_DATASETS}")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="networks to train (default per section)")
     parser.add_argument("--losses", nargs="+", choices=list(RECIPES),
-                        help=f"recipes to train; default per section: {DEFAULT_LOSSES}")
+                        help=f"recipes to train; default per section and network: {DEFAULT_RUNS}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of every trained recipe")
-    parser.add_argument("--vocab", nargs="+", type=int, default=[100_000, 1_000_000], help="V for the step section")
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps per case (median)")
+    parser.add_argument("--vocab", nargs="+", type=int, default=[100_000, 1_000_000], help="V of step and vocab")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per case of the step section (median)")
     parser.add_argument("--synthetic-vocab", type=int, default=2000, help="words of the synthetic language")
+    parser.add_argument("--synthetic-tokens", type=int, default=1_000_000, help="its training tokens")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the equal-epochs section")
     parser.add_argument("--flat", type=float, default=0.005, help="'converged': last epoch's relative change below")
-    parser.add_argument("--budget", type=float, default=390.0, help="seconds of training per loss (budget section)")
-    parser.add_argument("--short-budget", type=float, default=39.0, help="seconds of the time section's own runs")
+    parser.add_argument("--budget", type=float, default=390.0, help="seconds of training per run (budget section)")
+    parser.add_argument("--short-budget", type=float, default=0.0, help="seconds of the time section's own runs "
+                        "(0: none; the table then reads the budget runs alone)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    parser.add_argument("--results", type=Path, default=BENCH / "results", help="folder of the store and tables")
     parser.add_argument("--report-only", action="store_true", help="print the tables from the stored runs")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def training_section(section: str, args: argparse.Namespace) -> tuple[str, str]:
+    """Train a section's runs (unless --report-only), then (title, tables) from the store."""
+    store = args.results / "lm_runs.json"
+    length = {"budget": dict(budget=args.budget, epochs=1000), "time": dict(budget=args.short_budget, epochs=1000),
+              "epochs": dict(budget=None, epochs=args.epochs)}[section]
+    layout = args.results / "wikitext-2-heldout"
+    folders = {d: "synthetic" if d == "synthetic" else str(heldout_layout(WIKITEXT, layout))
+               for d in args.datasets or DEFAULT_DATASETS[section]}
+    pairs = plan_runs(DEFAULT_RUNS[section], args.models, args.losses)
+    synthetic = dict(synthetic_vocab=args.synthetic_vocab, synthetic_tokens=args.synthetic_tokens)
+    specs = [dict(dataset=dataset_label(d, **synthetic), folder=f, model=m, recipe=r, seed=s,
+                  threads=args.threads, section=section, **synthetic,
+                  results=str(args.results), **length)
+             for d, f in folders.items() for s in args.seeds for m, r in pairs]
+    if not args.report_only and specs and (section != "time" or args.short_budget > 0):
+        run_all(specs, args.jobs, store)
+    runs, tables = load_entries(store), []
+    for name, folder in folders.items():
+        label = dataset_label(name, **synthetic)
+        table = TABLES[section](runs, label, args)
+        tables.append(f"{describe_dataset(label, folder)}\n\n{table}")
+    title = {"budget": f"Equal training time ({args.budget:g} s)",
+             "time": f"Time to the full and the adaptive softmax's {args.budget:g}-s validation perplexity",
+             "epochs": f"Equal epochs ({args.epochs})"}[section]
+    return title, "\n\n".join(tables)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     print(f"{datetime.now().isoformat(timespec='seconds')}  load average {os.getloadavg()}, threads {args.threads}, "
           f"jobs {args.jobs}")
     for section in args.sections:
-        datasets = args.datasets or DEFAULT_DATASETS.get(section, [])
-        losses = args.losses or DEFAULT_LOSSES.get(section, [])
-        if section == "step":
+        if section in ("step", "vocab"):
             if args.report_only:
                 continue
-            table, _ = bench_step(args.vocab, args.repeats)
-            title = "Whole LM step, 2-layer LSTM 200/200, 20×35 tokens"
+            title = {"step": "Whole LM step, 2-layer LSTM 200/200, 20×35 tokens",
+                     "vocab": "Large vocabularies: one output-layer step per loss"}[section]
+            table = bench_step(args.vocab, args.repeats) if section == "step" else bench_vocab(args.vocab, args.threads)
         else:
-            length = {"budget": dict(budget=args.budget, epochs=1000),
-                      "time": dict(budget=args.short_budget, epochs=1000),
-                      "epochs": dict(budget=None, epochs=args.epochs)}[section]
-            specs = [dict(dataset=d, recipe=loss, seed=s, threads=args.threads, synthetic_vocab=args.synthetic_vocab,
-                          section=section, **length) for d in datasets for s in args.seeds for loss in losses]
-            if not args.report_only and specs and (section != "time" or args.short_budget > 0):
-                run_all(specs, args.jobs)
-            store = load_entries()
-            if section == "budget":
-                title = f"Equal training time ({args.budget:g} s)"
-                table = "\n\n".join(f"{d}\n\n" + budget_tables(store, d, args.budget) for d in datasets)
-            elif section == "time":
-                title = f"Time to the full softmax's {args.budget:g}-s perplexity"
-                table = "\n\n".join(f"{d}\n\n" + time_table(store, d, args.budget) for d in datasets)
-            else:
-                title = f"Equal epochs ({args.epochs})"
-                table = "\n\n".join(f"{d}\n\n" + epochs_table(store, d, args.epochs, args.flat) for d in datasets)
+            title, table = training_section(section, args)
         text = f"## {title}\n\n{table}\n"
         print(f"\n{text}\n{datetime.now().isoformat(timespec='seconds')}  load average {os.getloadavg()}", flush=True)
-        (RESULTS / f"lm_{section}.md").write_text(text)
+        (args.results / f"lm_{section}.md").write_text(text)
 
 
 if __name__ == "__main__":
