@@ -232,3 +232,102 @@ def test_exact_density_matches_samples(name):
     entropy = -(density * torch.nan_to_num(log_p, neginf=0.0)).sum()
     cross_entropy = -toy.log_prob(name, x[:10_000]).mean()
     assert cross_entropy.item() == pytest.approx(entropy.item(), abs=0.04)  # ± 4 standard errors
+
+
+# ------------------------------------------------------------------------------------- D dimensions
+
+D_SETS = ("8gaussians", "checkerboard", "rings", "pinwheel")
+
+
+def test_rotation_is_a_fixed_orthogonal_matrix_and_the_identity_in_2d():
+    assert torch.equal(toy.rotation(2), torch.eye(2, dtype=torch.float64))
+    for dims in (4, 8, 32):
+        q = toy.rotation(dims)
+        assert q.shape == (dims, dims) and q.dtype == torch.float64
+        torch.testing.assert_close(q @ q.T, torch.eye(dims, dtype=torch.float64), atol=1e-12, rtol=0)
+        assert torch.equal(q, toy.rotation(dims))  # fixed: the same on every call
+        assert (q - torch.eye(dims, dtype=torch.float64)).abs().max() > 0.1  # a real rotation, not the axes
+    q = toy.rotation(4)
+    q.zero_()  # the caller's copy: the module's matrix is unchanged
+    torch.testing.assert_close(toy.rotation(4) @ toy.rotation(4).T, torch.eye(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", toy.TOY_DATASETS)
+def test_sample_contract_in_d_dimensions(name):
+    for n in (0, 1, 7):
+        x = toy.sample(name, n, torch.Generator().manual_seed(0), dims=6)
+        assert x.shape == (n, 6) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    a = toy.sample(name, 300, torch.Generator().manual_seed(3), dims=4)
+    assert torch.equal(a, toy.sample(name, 300, torch.Generator().manual_seed(3), dims=4))
+    assert torch.equal(toy.sample(name, 300, torch.Generator().manual_seed(3), dims=2),
+                       toy.sample(name, 300, torch.Generator().manual_seed(3)))
+    assert toy.log_prob(name, torch.zeros(0, 4)).shape == (0,)
+
+
+@pytest.mark.parametrize("dims", (4, 8))
+@pytest.mark.parametrize("name", D_SETS)
+def test_unrotated_pairs_are_independent_draws_of_the_2d_distribution(name, dims):
+    """x = Q·y: the pairs of y = Qᵀx each follow the 2D density (binned as in test_exact_density_matches_samples)
+    and are uncorrelated with each other, in the coordinates and in their squares."""
+    n = 30_000
+    y = toy.sample(name, n, torch.Generator().manual_seed(4), dims=dims).double() @ toy.rotation(dims)  # (n, D)
+    log_p, grid = _grid_mass(name)
+    bins = 22
+    binned = (torch.exp(log_p) * grid.spacing**2).reshape(bins, 5, bins, 5).sum((1, 3))
+    edges = torch.linspace(-grid.bound, grid.bound, bins + 1, dtype=torch.float64)
+    for pair in y.reshape(n, dims // 2, 2).unbind(dim=1):
+        hist = torch.histogramdd(pair[:, [1, 0]].contiguous(), bins=[edges, edges]).hist / n
+        assert 0.5 * (hist - binned).abs().sum() < 0.035  # sampling noise alone gives ≈ 0.02
+    for values in (y, y.square()):
+        corr = torch.corrcoef(values.T)
+        across = torch.block_diag(*[torch.ones(2, 2)] * (dims // 2)) == 0  # entries of two different pairs
+        assert corr[across].abs().max() < 5 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("dims", (4, 8))
+@pytest.mark.parametrize("name", toy.TOY_DATASETS)
+def test_log_prob_is_the_sum_of_the_pairs_2d_log_densities(name, dims):
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([toy.sample(name, 40, g, dims=dims).double(), 2 * torch.randn(10, dims, generator=g).double()])
+    q = toy.rotation(dims)
+    pairs = [(x @ q[:, 2 * j : 2 * j + 2]) for j in range(dims // 2)]  # y_j = (Qᵀx)_{2j, 2j+1}, each (N, 2)
+    expected = sum(toy.log_prob(name, pair) for pair in pairs)
+    torch.testing.assert_close(toy.log_prob(name, x), expected, atol=1e-9, rtol=0)
+    assert torch.isfinite(toy.log_prob(name, x[:40])).all()
+
+
+@pytest.mark.parametrize("name", ("8gaussians", "checkerboard", "rings"))
+def test_d_dimensional_density_normalises_by_importance_sampling(name):
+    """E_q[p/q] = ∫p = 1 at D = 4 with a broad Gaussian q, within five Monte Carlo standard errors."""
+    n, std = 200_000, 2.5
+    q = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(4, dtype=torch.float64), std), 1)
+    x = q.sample((n,))
+    weights = torch.exp(toy.log_prob(name, x) - q.log_prob(x))  # (n,)
+    se = weights.std().item() / math.sqrt(n)
+    assert se < 0.03
+    assert weights.mean().item() == pytest.approx(1.0, abs=5 * se)
+
+
+def test_checkerboard_points_keep_a_finite_density_through_the_float32_rotation(monkeypatch):
+    """Pairs exactly on their squares' edges, rotated to D = 32 and rounded to float32, come back inside."""
+    def on_the_edges(n, g):
+        x = toy._sample_checkerboard(n, g).double()
+        lo = 2 * torch.floor(x / 2)
+        return torch.where(torch.rand(n, 2, generator=g) < 0.5, lo, lo + 2 - 1e-12)
+
+    monkeypatch.setitem(toy._SAMPLERS, "checkerboard", on_the_edges)
+    x = toy.sample("checkerboard", 2000, torch.Generator().manual_seed(6), dims=32)
+    assert torch.isfinite(toy.log_prob("checkerboard", x)).all()
+
+
+@pytest.mark.parametrize("dims", (0, 3, -2, 2.0, True))
+def test_bad_dims_are_rejected(dims):
+    with pytest.raises(ValueError, match="dims must be an even integer"):
+        toy.sample("rings", 10, dims=dims)
+    with pytest.raises(ValueError, match="even integer"):
+        toy.rotation(dims)
+
+
+def test_log_prob_rejects_an_odd_dimension():
+    with pytest.raises(ValueError, match="D even"):
+        toy.log_prob("rings", torch.zeros(3, 5))

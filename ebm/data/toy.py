@@ -1,8 +1,14 @@
-"""Toy 2D distributions: seeded samplers, and an exact log-density for every one of them.
+"""Toy distributions in 2D and in D dimensions: seeded samplers, and an exact log-density for every one of them.
 
-One entry point, ``sample(name, n, generator)``, over small registered functions; every sampler returns
-exactly ``n`` finite float32 points of shape (n, 2). The five reference definitions (z ~ N(0, I),
-U ~ U[0, 1]) are those of DESIGN.md, i.e. the seed's (lifeitech/nce, from FFJORD's toy data):
+One entry point, ``sample(name, n, generator, dims=2)``, over small registered functions; it returns exactly
+``n`` finite float32 points of shape (n, D). In D = 2k dimensions a point is k independent draws y₁ … y_k of the
+2D distribution, concatenated into y ∈ ℝᴰ and rotated by the fixed orthogonal matrix Q_D of ``rotation(D)``
+(a Haar draw from its own seed; the identity at D = 2, so the 2D sets are exactly the 2D samplers'):
+
+    x = Q_D·y,   log p(x) = Σ_j log p₂(y_j),   y = Q_Dᵀ·x   (|det Q_D| = 1)
+
+The five reference definitions of the 2D distribution (z ~ N(0, I), U ~ U[0, 1]) are those of DESIGN.md, i.e.
+the seed's (lifeitech/nce, from FFJORD's toy data):
 
     8gaussians    x = (0.5·z + 4·u_k)/√2, u_k the 8 unit vectors at multiples of 45°, k uniform
     2spirals      t = 3π√U; x = ±(−t·cos t + U₁/2, t·sin t + U₂/2)/3 + 0.1·z
@@ -164,18 +170,66 @@ def _check_name(name: str, choices: tuple[str, ...] | dict) -> None:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {', '.join(choices)}")
 
 
-def sample(name: str, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """Draw exactly ``n`` points of the toy distribution ``name``: float32, shape (n, 2), all finite.
+def _check_dims(dims: object) -> int:
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 2 or dims % 2:
+        raise ValueError(f"dims must be an even integer ≥ 2, got {dims!r}")
+    return dims
 
+
+ROTATION_SEED = 20_240_601  # Q_D is drawn from a generator seeded with ROTATION_SEED + D
+
+
+@functools.cache
+def _rotation(dims: int) -> Tensor:
+    g = torch.Generator().manual_seed(ROTATION_SEED + dims)
+    q, r = torch.linalg.qr(torch.randn(dims, dims, generator=g, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))  # column j times sign(R_jj): Haar-distributed (Mezzadri 2007)
+
+
+def rotation(dims: int) -> Tensor:
+    """The fixed orthogonal matrix Q_D (D, D) of the D-dimensional sets, float64: x = Q_D·y, y the 2D copies.
+
+    The identity at D = 2; for D > 2 the QR factor of a Gaussian matrix drawn from its own seed (ROTATION_SEED
+    + D), its columns' signs set by R's diagonal so that it is a Haar draw from O(D). The same on every call.
+    """
+    return torch.eye(2, dtype=torch.float64) if _check_dims(dims) == 2 else _rotation(dims).clone()
+
+
+def _inset_cells(y: Tensor, dims: int) -> Tensor:
+    """Checkerboard pairs (n, k, 2) moved up to 8·D·2⁻²⁴ into their squares, before the rotation to D dimensions.
+
+    The float32 rounding of x = Q·y moves each coordinate by at most 2⁻²⁴·‖y‖ ≤ 2⁻²⁴·4√D, so the un-rotated
+    Qᵀ·x by at most 4·D·2⁻²⁴ (≈ 8e-6 at D = 32): half this margin. Without it a point at an edge could come
+    back outside its square, where log p = −inf. The density moved is that within the margin of an edge.
+    """
+    margin = 8 * dims * 2**-24
+    lo = 2 * torch.floor(y / 2)
+    return torch.clamp(y, lo + margin, lo + 2 - margin)
+
+
+_ROTATION_GUARDS: dict[str, Callable[[Tensor, int], Tensor]] = {"checkerboard": _inset_cells}
+
+
+def sample(name: str, n: int, generator: torch.Generator | None = None, dims: int = 2) -> Tensor:
+    """Draw exactly ``n`` points of the toy distribution ``name`` in ``dims`` dimensions: float32 (n, D), finite.
+
+    D = 2 is the 2D sampler itself. For D = 2k > 2, k independent copies (k calls of the 2D sampler with n
+    points each, in turn from ``generator``) are concatenated, y (n, D), and rotated: x = y·Q_Dᵀ (``rotation``).
     The same generator state gives the same points. Without a generator, torch's global one is used.
     """
     _check_name(name, _SAMPLERS)
+    _check_dims(dims)
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     if n == 0:
-        return torch.zeros(0, 2)
+        return torch.zeros(0, dims)
     g = generator if generator is not None else torch.default_generator
-    return _SAMPLERS[name](n, g).to(torch.float32).reshape(n, 2)
+    if dims == 2:
+        return _SAMPLERS[name](n, g).to(torch.float32).reshape(n, 2)
+    y = torch.stack([_SAMPLERS[name](n, g).to(torch.float64) for _ in range(dims // 2)], dim=1)  # (n, k, 2)
+    if name in _ROTATION_GUARDS:
+        y = _ROTATION_GUARDS[name](y, dims)
+    return (y.reshape(n, dims) @ _rotation(dims).T).to(torch.float32)  # (n, D)
 
 
 # ------------------------------------------------------------------------------------- exact densities
@@ -467,17 +521,23 @@ EXACT_DATASETS: tuple[str, ...] = tuple(_LOG_PROBS)
 
 
 def log_prob(name: str, x: Tensor) -> Tensor:
-    """Exact log-density of the toy distribution ``name`` at x: (N, 2) → (N,), computed in float64 on the CPU.
+    """Exact log-density of the toy distribution ``name`` at x: (N, D) → (N,), computed in float64 on the CPU.
 
-    Points outside the support (checkerboard), or so far from the data that the density is negligible (see
-    each ``_log_prob_*``), get −inf. Returns float64.
+    D (even) is read from x. For D > 2: y = x·Q_D (the un-rotated points, (N, D) → (N, D/2, 2) pairs) and
+    log p(x) = Σ_j log p₂(y_j), |det Q_D| = 1. Points outside the support (checkerboard), or so far from the data
+    that the density is negligible (see each ``_log_prob_*``), get −inf. Returns float64.
     """
     _check_name(name, _LOG_PROBS)
-    if x.dim() != 2 or x.shape[1] != 2:
-        raise ValueError(f"x must have shape (N, 2), got {tuple(x.shape)}")
-    if len(x) == 0:  # torch.distributions cannot validate an empty batch
+    if x.dim() != 2 or x.shape[1] < 2 or x.shape[1] % 2:
+        raise ValueError(f"x must have shape (N, D) with D even and ≥ 2, got {tuple(x.shape)}")
+    n, dims = x.shape
+    if n == 0:  # torch.distributions cannot validate an empty batch
         return torch.zeros(0, dtype=torch.float64)
-    return _LOG_PROBS[name](x.detach().to("cpu", torch.float64))
+    x = x.detach().to("cpu", torch.float64)
+    if dims == 2:
+        return _LOG_PROBS[name](x)
+    pairs = (x @ _rotation(dims)).reshape(n * dims // 2, 2)  # (N·D/2, 2): y = Qᵀx, row by row
+    return _LOG_PROBS[name](pairs).reshape(n, dims // 2).sum(dim=1)
 
 
-__all__ = ["EXACT_DATASETS", "REFERENCE_DATASETS", "TOY_DATASETS", "log_prob", "sample"]
+__all__ = ["EXACT_DATASETS", "REFERENCE_DATASETS", "TOY_DATASETS", "log_prob", "rotation", "sample"]
