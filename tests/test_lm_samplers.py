@@ -12,7 +12,7 @@ from ebm.lm.samplers import (
     LogUniformSampler,
     UniformSampler,
     build_alias_table,
-    make_sampler,
+    make_noise,
     unigram_probs,
 )
 
@@ -143,11 +143,11 @@ def test_bad_counts_raise(counts):
 
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="log_uniform"):
-        make_sampler("zipfian", 10)
+        make_noise("zipfian", 10)
     with pytest.raises(ValueError, match="vocab_size"):
-        make_sampler(torch.ones(5), 6)
+        make_noise(torch.ones(5), 6)
     with pytest.raises(ValueError, match="counts"):
-        make_sampler("unigram", 5)
+        make_noise("unigram", 5)
     with pytest.raises(ValueError):
         unigram_probs(torch.ones(3), power=-1.0)
     with pytest.raises(IndexError):

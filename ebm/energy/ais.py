@@ -21,15 +21,14 @@ target acceptance at each β) and then frozen, so the weights of both directions
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ebm.energy.sampling import mala_step, value_and_grad
+from ebm.protocols import LogProb
 
-LogProb = Callable[[Tensor], Tensor]
 SCHEDULES = ("sigmoid", "linear")
 SIGMOID_SHARPNESS = 4.0  # δ of the sigmoid schedule (Grosse et al. 2015)
 

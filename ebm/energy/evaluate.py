@@ -42,15 +42,13 @@ values are moved to the CPU and only then made float64 (Apple MPS has no float64
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ebm.data import toy
-
-LogProb = Callable[[Tensor], Tensor]
+from ebm.protocols import LogProb
 
 RING_TOLERANCE = 1e-7  # a ring with less than this fraction of the running total ends the sum
 MAX_RINGS = 10  # the outermost box has half-width 2**MAX_RINGS · B

@@ -12,6 +12,12 @@ Optionally the energy is taken relative to a base density b (in practice the NCE
 with g the MLP. At initialisation (g ≈ 0, c = 0) the model is then b itself, already normalised, and the
 network only learns the log-ratio −log(p_data/b) − c, which is bounded and smooth where b covers the data.
 With b = q the NCE logit G = −g − c − log ν no longer contains q at all.
+
+Optionally the MLP reads random Fourier features of x (Tancik et al. 2020),
+
+    γ(x) = [x, sin(2π xB), cos(2π xB)],   B (D, m) ~ N(0, σ²), fixed,
+
+which let a smooth network draw sharp edges (the checkerboard's) that it would otherwise blur.
 """
 
 from __future__ import annotations
@@ -23,6 +29,20 @@ from ebm.energy.evaluate import Grid
 from ebm.energy.sampling import grid_sample, mala
 
 ACTIVATIONS = {"silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "relu": nn.ReLU, "tanh": nn.Tanh}
+FOURIER_SEED = 7_340_033  # B is drawn from its own generator, so it does not shift the network's initialisation
+
+
+class FourierFeatures(nn.Module):
+    """γ(x) = [x, sin(2π xB), cos(2π xB)]: (N, D) → (N, D + 2m), with the buffer B (D, m) ~ N(0, scale²)."""
+
+    def __init__(self, dims: int, features: int, scale: float):
+        super().__init__()
+        generator = torch.Generator().manual_seed(FOURIER_SEED + dims)
+        self.register_buffer("frequencies", scale * torch.randn(dims, features, generator=generator))
+
+    def forward(self, x: Tensor) -> Tensor:
+        angles = 2 * torch.pi * x @ self.frequencies  # (N, m)
+        return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
 
 class EnergyMLP(nn.Module):
@@ -33,23 +53,27 @@ class EnergyMLP(nn.Module):
         depth: number of hidden layers.
         activation: one of ``ACTIVATIONS``.
         base: a module with ``log_prob(x)``: (B, D) → (B,) (e.g. the noise), or None for a plain MLP energy.
-        dims: D, the dimension of the points (the first layer's input size).
+        dims: D, the dimension of the points.
+        fourier_features: m, random Fourier features the MLP reads besides x (0: x alone).
+        fourier_scale: σ, the spread of their frequencies (cycles per unit length).
     """
 
     def __init__(
-        self, width: int = 128, depth: int = 6, activation: str = "silu", base: nn.Module | None = None, dims: int = 2
+        self, width: int = 128, depth: int = 6, activation: str = "silu", base: nn.Module | None = None, dims: int = 2,
+        fourier_features: int = 0, fourier_scale: float = 1.0,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if width < 1 or depth < 1 or dims < 1:
             raise ValueError(f"width, depth and dims must be positive, got width={width}, depth={depth}, dims={dims}")
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [FourierFeatures(dims, fourier_features, fourier_scale)] if fourier_features else []
         for i in range(depth):
-            layers += [nn.Linear(dims if i == 0 else width, width), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(dims + 2 * fourier_features if i == 0 else width, width), ACTIVATIONS[activation]()]
         self.net = nn.Sequential(*layers, nn.Linear(width, 1))
         self.log_z = nn.Parameter(torch.zeros(()))
         self.base = base
+        self.dims = dims
 
     def energy(self, x: Tensor) -> Tensor:
         """f(x) = g(x) [− log b(x) with a base]: (B, D) → (B,)."""
@@ -71,7 +95,7 @@ class EnergyMLP(nn.Module):
                 on the model's device; options go to ``sampling.mala`` (defaults steps=100, step_size=0.1).
             "auto": "grid" when D = 2, else "mala".
         """
-        dims = self.net[0].in_features
+        dims = self.dims
         method = ("grid" if dims == 2 else "mala") if method == "auto" else method
         if method == "grid":
             if dims != 2 or (self.base is None and "grid" not in options and "bound" not in options):

@@ -25,15 +25,13 @@ chains, and the rank-normalised split R̂, the larger of the bulk and the folded
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ebm.energy.evaluate import Grid, grid_log_prob
-
-LogProb = Callable[[Tensor], Tensor]
+from ebm.protocols import LogProb
 
 
 def grid_sample(

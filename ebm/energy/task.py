@@ -39,7 +39,8 @@ def build_energy(config: EnergyConfig, noise: torch.nn.Module) -> EnergyMLP:
     """The energy network of ``config`` on D = ``config.dims`` inputs, relative to ``noise`` when
     ``config.base == "noise"``."""
     base = noise if config.base == "noise" else None
-    return EnergyMLP(config.width, config.depth, config.activation, base, dims=config.dims)
+    return EnergyMLP(config.width, config.depth, config.activation, base, dims=config.dims,
+                     fourier_features=config.fourier_features, fourier_scale=config.fourier_scale)
 
 
 def energy_step(model: EnergyMLP, estimator: Estimator, batch: torch.Tensor, optimizer: torch.optim.Optimizer,

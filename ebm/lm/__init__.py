@@ -25,7 +25,7 @@ from ebm.lm.samplers import (
     LogUniformSampler,
     NoiseSampler,
     UniformSampler,
-    make_sampler,
+    make_noise,
     unigram_probs,
 )
 from ebm.lm.train import LoadedLM, load_lm, train_lm
@@ -46,7 +46,7 @@ __all__ = [
     "evaluate_sentences",
     "full_softmax_loss",
     "load_lm",
-    "make_sampler",
+    "make_noise",
     "mix_loss",
     "nce_loss",
     "negative_sampling_loss",

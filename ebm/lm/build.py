@@ -12,7 +12,7 @@ from ebm.lm.adaptive import AdaptiveOutput
 from ebm.lm.config import LMConfig
 from ebm.lm.models import RNNLM, GenericNCELM
 from ebm.lm.output import SampledOutput
-from ebm.lm.samplers import NoiseSampler, make_sampler
+from ebm.lm.samplers import NoiseSampler, make_noise
 from ebm.lm.transformer import TransformerLM
 
 
@@ -24,7 +24,7 @@ def build_model(config: LMConfig, counts: torch.Tensor, sparse: bool = True) -> 
     ``sparse``: sparse row gradients for the embeddings (off on devices without sparse tensors, e.g. MPS).
     """
     vocab_size = counts.numel()
-    noise = make_sampler(config.noise, vocab_size, config.noise_power, counts=counts)
+    noise = make_noise(config.noise, vocab_size, config.noise_power, counts=counts)
     if config.model == "generic":
         return GenericNCELM(vocab_size, noise, config.noise_ratio, config.emb_size, config.hidden_size,
                             config.num_layers, config.dropout, norm=config.norm)

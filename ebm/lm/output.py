@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebm.lm.losses import SAMPLED_LOSSES, check_loss_name, chunked_cross_entropy, full_softmax_loss
-from ebm.lm.samplers import NoiseSampler, make_sampler
+from ebm.lm.samplers import NoiseSampler, make_noise
 
 NOISE_SHARING = ("batch", "sequence", "token")
 
@@ -189,7 +189,7 @@ class SampledOutput(nn.Module):
         self.selfnorm_positions = int(selfnorm_positions)
         self._loss = check_loss_name(loss)
         self._warn_if_hit_removal_biases(stacklevel=3)  # the caller's line
-        self.noise = make_sampler(noise, vocab_size, noise_power)
+        self.noise = make_noise(noise, vocab_size, noise_power)
         log_q = self.noise.log_probs().detach().float().cpu()
         if not torch.isfinite(log_q).all():
             raise ValueError("the noise gives probability 0 to some tokens; build it with AliasSampler.from_counts "
@@ -271,7 +271,7 @@ class SampledOutput(nn.Module):
             rows = hidden.shape[0] if hidden.dim() > 2 else t.numel()
             losses = self._sampled_loss(h, t, groups, rows, generator)
             if self.selfnorm_weight > 0:
-                losses = losses + self._selfnorm_penalty(h, generator)
+                losses = losses + self._selfnorm_penalty(h, rows, generator)
         if reduction == "none":
             return losses.reshape(target.shape)
         return losses.sum() if reduction == "sum" else losses.mean()
@@ -294,11 +294,11 @@ class SampledOutput(nn.Module):
         In data-parallel training every rank draws from an identically seeded generator and holds shard i of W
         equal shards of a global batch of R real sequences (``noise_shard = (i, W, R)``; R None: W·rows). It
         draws the noise of the whole global batch, as one process would, and keeps its own groups; rows that
-        only pad the batch to a multiple of W (masked, never scored) reuse draws. With "batch" sharing (G = 1)
-        every rank keeps the one shared draw.
+        only pad the batch to a multiple of W (masked, never scored) reuse draws. With "batch" sharing every rank
+        keeps the one shared draw (a shard of one sequence still draws the global batch's).
         """
         index, shards, global_rows = self.noise_shard
-        if groups == 1 or shards == 1:
+        if self.noise_sharing == "batch" or shards == 1:
             return self.noise.sample((groups, self.noise_ratio), generator=generator)
         per_row = groups // rows
         total = (global_rows if global_rows is not None else rows * shards) * per_row
@@ -337,14 +337,21 @@ class SampledOutput(nn.Module):
             hits,
         )
 
-    def _selfnorm_penalty(self, h: Tensor, generator: torch.Generator | None) -> Tensor:
-        """(N,) α · (N/m) · (log Z(h_n) − norm)² at m random tokens n (all when N ≤ m), 0 elsewhere; rows detached."""
-        n, m = h.shape[0], min(self.selfnorm_positions, h.shape[0])
-        chosen = torch.arange(n) if m == n else torch.randperm(n, generator=generator)[:m]
+    def _selfnorm_penalty(self, h: Tensor, rows: int, generator: torch.Generator | None) -> Tensor:
+        """(N,) α · (N/m) · (log Z(h_n) − norm)² at m random tokens n (all when N ≤ m), 0 elsewhere; rows detached.
+
+        N counts the tokens of the whole global batch (``noise_shard``: shard i of W of R real rows of N/rows
+        tokens each): the m tokens are drawn among them, as one process would, and this shard keeps its own.
+        """
+        n, (index, shards, global_rows) = h.shape[0], self.noise_shard
+        n_global = (global_rows if global_rows is not None else rows * shards) * (n // rows)
+        m = min(self.selfnorm_positions, n_global)
+        chosen = torch.arange(n_global) if m == n_global else torch.randperm(n_global, generator=generator)[:m]
+        chosen = chosen[(chosen >= index * n) & (chosen < (index + 1) * n)] - index * n  # this shard's tokens
         chosen = chosen.to(h.device)
         log_z = self._log_z(h[chosen], self.weight.detach(), self.bias.detach())  # (m,)
         gap_sq = (log_z - self.norm.float()).pow(2)
-        return h.new_zeros(n, dtype=gap_sq.dtype).index_add(0, chosen, self.selfnorm_weight * (n / m) * gap_sq)
+        return h.new_zeros(n, dtype=gap_sq.dtype).index_add(0, chosen, self.selfnorm_weight * (n_global / m) * gap_sq)
 
     # --- evaluation ----------------------------------------------------------------------------------
     def score(self, hidden: Tensor, target: Tensor) -> Tensor:

@@ -270,7 +270,7 @@ class UniformSampler(NoiseSampler):
 NOISE_NAMES = ("unigram", "log_uniform", "uniform")
 
 
-def make_sampler(
+def make_noise(
     noise: str | Tensor | NoiseSampler, vocab_size: int, power: float = 1.0, counts: Tensor | None = None
 ) -> NoiseSampler:
     """A noise sampler from a name, a counts tensor, or an existing sampler.
@@ -308,6 +308,6 @@ __all__ = [
     "NoiseSampler",
     "UniformSampler",
     "build_alias_table",
-    "make_sampler",
+    "make_noise",
     "unigram_probs",
 ]
