@@ -1,4 +1,4 @@
-"""Bytes per step of the sparse-row gradient sync (ebm.lm.distributed) against a dense all-reduce.
+"""Bytes per step of the gradient sync (ebm.lm.distributed.GradientSync) against a dense all-reduce.
 
 A realistic step on 2 gloo ranks of this CPU: an LSTM language model (embedding and hidden size 256, one layer)
 with an NCE output layer (k = 100 noise words drawn once per global batch and shared by the ranks, or once per
@@ -8,15 +8,16 @@ text), so a shard touches a few hundred (shared noise) to about a thousand (nois
 
 For every row-synchronised parameter (input embedding V×256, output embedding V×256, output bias V) it prints:
   rows      distinct rows this rank touched (n_r, after coalescing) and the union over ranks
-  sparse    bytes this rank sends: the sizes, then max_r n_r padded rows of (int64 index + float32 values);
-            a ring all-gather sends that once per peer, (W − 1) times, so at W = 2 once
+  sparse    bytes of this rank's rows in the one packed all-gather: n_r rows of (int64 index + float32 values),
+            8-byte aligned; a ring all-gather sends its buffer once per peer, (W − 1) times, so at W = 2 once
   dense     bytes a ring all-reduce of the dense gradient sends per rank: 2(W − 1)/W · V·width·4, at W = 2
             the tensor's size
   ratio     sparse / dense
 and the measured time of the sparse sync against a dense all-reduce of the same parameters, plus the bytes
 the loopback interface carried (Linux /proc/net/dev, both ranks together, so halved; it counts TCP framing and
 any other process using loopback at the time, so it is a check on the formula, not the figure itself).
-The dense LSTM gradients that DDP all-reduces in either case are listed for scale.
+The dense LSTM gradients, packed into the same buffer, are listed for scale; the buffer is the largest
+rank's (header, dense gradients and rows) plus 1/8 headroom, so a step gathers once.
 
 Usage:
     python bench/bench_sparse_sync.py                    # V = 100k and 1M (≈ 1 min; 2 GB of parameters per rank at 1M)
@@ -36,7 +37,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ebm.lm.distributed import DistributedContext, DistributedLM, shard_rows
+from ebm.harness.context import DistributedContext
+from ebm.lm.distributed import DistributedLM, shard_rows
 from ebm.lm.models import RNNLM
 from ebm.lm.output import SampledOutput
 from ebm.lm.samplers import AliasSampler
@@ -79,31 +81,34 @@ def worker(rank: int, port: int, vocab: int, steps: int, sharing: str, results) 
         output.noise_shard = (context.rank, WORLD, BATCH)  # each rank keeps its rows of the global batch's draws
         model = RNNLM(vocab, output, emb_size=HIDDEN, hidden_size=HIDDEN, num_layers=1, dropout=0.0, cell="lstm")
         parallel = DistributedLM(model, context)
+        rows_params = model.sparse_parameters()
         names = {id(p): name for name, p in model.named_parameters()}
         text, noise = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)  # same on every rank
         records = []
         for _ in range(steps):
             tokens = shard_rows(words.sample((BATCH, BPTT + 1), generator=text), context.rank, WORLD)
-            loss, _ = parallel.loss(tokens[:, :-1], tokens[:, 1:], generator=noise)
+            loss, _ = model.loss(tokens[:, :-1], tokens[:, 1:], generator=noise)
             model.zero_grad(set_to_none=True)
             loss.backward()
             local: list = [None] * WORLD
-            dist.all_gather_object(local, [p.grad.coalesce()._nnz() for p in parallel.rows])  # [rank][param]
-            sync_s, sync_lo, sent = _measure(context, parallel.sync_sparse_gradients)
-            union = [p.grad._nnz() for p in parallel.rows]
-            records.append({"local": local, "union": union, "sent": sent, "sync_s": sync_s, "sync_lo": sync_lo})
+            dist.all_gather_object(local, [p.grad.coalesce()._nnz() for p in rows_params])  # [rank][param]
+            sync_s, sync_lo, sent = _measure(context, parallel.sync_gradients)
+            union = [p.grad._nnz() for p in rows_params]
+            records.append({"local": local, "union": union, "sent": sent, "sync_s": sync_s, "sync_lo": sync_lo,
+                            "capacity": parallel.sync_gradients.capacity})
         dense_s, dense_lo = [], []
-        for p in parallel.rows:  # one dense gradient at a time (1 GB each at V = 1M)
+        for p in rows_params:  # one dense gradient at a time (1 GB each at V = 1M)
             grad = torch.zeros_like(p)
             seconds, lo, _ = _measure(context, lambda g=grad: dist.all_reduce(g))
             dense_s.append(seconds)
             dense_lo.append(lo)
             del grad
-        row_ids = {id(p) for p in parallel.rows}
+        row_ids = {id(p) for p in rows_params}
         lstm = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in row_ids)
         if context.is_main:
-            results.put({"vocab": vocab, "sharing": sharing, "names": [names[id(p)] for p in parallel.rows],
-                         "shapes": [tuple(p.shape) for p in parallel.rows], "records": records,
+            results.put({"vocab": vocab, "sharing": sharing, "names": [names[id(p)] for p in rows_params],
+                         "params": len(list(model.parameters())),
+                         "shapes": [tuple(p.shape) for p in rows_params], "records": records,
                          "dense_s": dense_s, "dense_lo": dense_lo, "lstm_bytes": lstm})
 
 
@@ -125,28 +130,34 @@ def report(result: dict) -> None:
         width = shape[1] if len(shape) > 1 else 1
         rows = statistics.median(max(r["local"][rank][i] for rank in range(WORLD)) for r in records)
         union = statistics.median(r["union"][i] for r in records)
-        sparse = (WORLD - 1) * rows * (8 + 4 * width)  # max_r n_r padded rows: int64 index + float32 values
+        sparse = (WORLD - 1) * rows * (8 + 4 * width)  # max_r n_r rows: int64 index + float32 values
         dense = 2 * (WORLD - 1) / WORLD * shape[0] * width * 4
         dense_total += dense
         print(f"| {name} {tuple(shape)} | {rows:,.0f} | {union:,.0f} | {sparse:,.0f} | {dense:,.0f} | "
               f"{sparse / dense:.4%} |")
-    # per step: the sizes (one int64 per parameter), then max_r n_r rows of each parameter
+    # per rank: a header (one int64 per parameter and the total), the dense gradients, each parameter's n_r rows
     widths = [shape[1] if len(shape) > 1 else 1 for shape in result["shapes"]]
-    formula = [(WORLD - 1) * (8 * len(widths) + sum(max(rank[i] for rank in r["local"]) * (8 + 4 * w)
-                                                    for i, w in enumerate(widths))) for r in records]
-    if formula != [(WORLD - 1) * r["sent"] for r in records]:
-        raise RuntimeError(f"bytes from the formula {formula} differ from those sync_sparse_gradients sent")
-    sparse_total = statistics.median(formula)
-    print(f"| **all** (sizes included) | | | **{sparse_total:,.0f}** | **{dense_total:,.0f}** | "
+    aligned = lambda n: -(-n // 8) * 8  # noqa: E731
+    buffers = [max(8 * (result["params"] + 1) + result["lstm_bytes"]
+                   + sum(aligned(rank[i] * 8) + aligned(rank[i] * 4 * w) for i, w in enumerate(widths))
+                   for rank in r["local"]) for r in records]
+    if any(r["capacity"] < b for r, b in zip(records, buffers, strict=True)) or records[-1]["sent"] != \
+            records[-1]["capacity"]:
+        raise RuntimeError(f"the largest buffers from the formula {buffers} do not fit the all-gather's "
+                           f"{[r['capacity'] for r in records]} bytes, or a steady step gathered more than once")
+    sparse_total = statistics.median(b - result["lstm_bytes"] for b in buffers) * (WORLD - 1)
+    print(f"| **all rows** (header included) | | | **{sparse_total:,.0f}** | **{dense_total:,.0f}** | "
           f"**{sparse_total / dense_total:.4%}** |")
+    print(f"\nbytes sent per rank and step (rows, dense LSTM gradients, 1/8 headroom): "
+          f"{statistics.median(r['sent'] for r in records[1:] or records):,.0f}")
     sync_s = statistics.median(r["sync_s"] for r in records)
     sync_lo = [r["sync_lo"] for r in records if r["sync_lo"] is not None]
-    print(f"\nsparse sync: {sync_s * 1e3:.1f} ms/step; dense all-reduce of the same parameters: "
+    print(f"\nsync of every gradient: {sync_s * 1e3:.1f} ms/step; dense all-reduce of the row parameters alone: "
           f"{sum(result['dense_s']) * 1e3:,.0f} ms ({sum(result['dense_s']) / sync_s:,.0f}× longer)")
     if sync_lo and all(lo is not None for lo in result["dense_lo"]):
         print(f"loopback bytes per rank (TCP, any process): sparse sync {statistics.median(sync_lo):,.0f}, "
               f"dense all-reduce {sum(result['dense_lo']):,.0f}")
-    print(f"dense LSTM gradients (all-reduced by DDP in both cases): {result['lstm_bytes']:,} bytes")
+    print(f"dense LSTM gradients (in the same all-gather): {result['lstm_bytes']:,} bytes")
 
 
 def main(argv: list[str] | None = None) -> None:
