@@ -101,7 +101,7 @@ def test_generic_model_factorised_score_equals_grucell():
     expected = model.scorer(pairs).view(4, 3)
     torch.testing.assert_close(model.score(context, words), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.target_score(context, torch.tensor([3, 3, 3, 3])), expected[:, 0])
-    log_z = model.log_z(context)
+    log_z = model.log_normaliser(context)
     torch.testing.assert_close(log_z, model.score(context, torch.arange(V)).logsumexp(-1), rtol=1e-5, atol=1e-5)
 
 
@@ -143,7 +143,7 @@ def test_generic_model_learns_its_norm():
         model.loss(x, y, generator=gen)[0].backward()
     assert abs(model.norm.item() - math.log(V)) > 1e-3
     _, gap, _ = model.scores(x, x)
-    torch.testing.assert_close(gap.flatten(), model.log_z(model(x)[0].flatten(0, 1)) - model.norm.detach())
+    torch.testing.assert_close(gap.flatten(), model.log_normaliser(model(x)[0].flatten(0, 1)) - model.norm.detach())
     assert make_generic(norm=2.5).norm.item() == 2.5 and make_generic().norm.item() == pytest.approx(math.log(V))
     with pytest.raises(ValueError, match="'auto', 'learn' or a finite number"):
         make_generic(norm="max")

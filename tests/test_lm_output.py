@@ -81,9 +81,9 @@ def test_full_loss_and_exact_evaluation():
     torch.testing.assert_close(layer(hidden, target, reduction="none").double(), expected_nll)
     torch.testing.assert_close(layer.nll(hidden, target).double(), expected_nll)
     log_z = torch.logsumexp(F.linear(hidden, layer.weight, layer.bias).double(), -1)
-    torch.testing.assert_close(layer.log_normalizer(hidden).double(), log_z)
+    torch.testing.assert_close(layer.log_normaliser(hidden).double(), log_z)
     self_norm = layer.self_normalized_log_prob(hidden, target)
-    torch.testing.assert_close(self_norm, -layer.nll(hidden, target) + layer.log_normalizer(hidden) - layer.norm)
+    torch.testing.assert_close(self_norm, -layer.nll(hidden, target) + layer.log_normaliser(hidden) - layer.norm)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 40, 10**6])
@@ -283,7 +283,7 @@ def test_nce_learns_a_self_normalised_unigram():
         layer(hidden, target).backward()
         optimizer.step()
     with torch.no_grad():
-        log_z = layer.log_normalizer(hidden[:1]).item()
+        log_z = layer.log_normaliser(hidden[:1]).item()
         model_p = torch.softmax(layer.bias + layer.weight[:, 0], 0)
     assert abs(log_z - layer.norm.item()) < 0.1
     assert 0.5 * (model_p - data_p).abs().sum().item() < 0.05

@@ -54,26 +54,49 @@ def _masked_mean(per_token: Tensor, mask: Tensor | None) -> Tensor:
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-class LockedDropout(nn.Module):
-    """Dropout with one mask per sequence, shared over time: x (B, T, D) · m (B, 1, D) / (1 − p), m ~ Bernoulli(1 − p).
+class BatchDropout(nn.Module):
+    """Dropout x · m / (1 − p), m ~ Bernoulli(1 − p): one mask per token (B, T, D), or with ``locked`` one per
+    sequence shared over time (B, 1, D) (Gal & Ghahramani 2016's variational dropout). Identity in evaluation
+    mode or at p = 0.
 
-    Identity in evaluation mode or at p = 0 (Gal & Ghahramani 2016's variational dropout on inputs and outputs).
+    ``shard = (generator, i, S, R)`` (set by ``RNNLM.shard_dropout``): the input is shard i of S equal shards of a
+    global batch of R real rows (None: S × the input's rows); the masks of all R rows are drawn from ``generator``
+    and the shard keeps its rows (rows that only pad the batch reuse masks), so any split of the batch meets one
+    process's masks. ``shard = None``: the masks of the input's rows from torch's global generator.
     """
 
-    def __init__(self, p: float):
+    def __init__(self, p: float, locked: bool = False):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"dropout rate must be in [0, 1), got {p}")
-        self.p = p
+        self.p, self.locked = p, locked
+        self.shard: tuple[torch.Generator, int, int, int | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
-        mask = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        rows = x.shape[0]
+        shape = (rows, 1, *x.shape[2:]) if self.locked else tuple(x.shape)
+        if self.shard is None:
+            return x * torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - self.p) / (1 - self.p)
+        generator, index, shards, real_rows = self.shard
+        real_rows = real_rows or rows * shards
+        every = torch.empty((real_rows, *shape[1:]), device=generator.device)  # (R, …)
+        every.bernoulli_(1 - self.p, generator=generator)
+        if real_rows < rows * shards:  # padding rows: any mask will do
+            every = every.repeat(-(-rows * shards // real_rows), *([1] * (every.dim() - 1)))
+        mask = every[index * rows : (index + 1) * rows].to(device=x.device, dtype=x.dtype)  # (B/S, …)
         return x * mask / (1 - self.p)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, locked={self.locked}"
+
+
+class LockedDropout(BatchDropout):
+    """``BatchDropout(p, locked=True)``: one mask per sequence, x (B, T, D) · m (B, 1, D) / (1 − p)."""
+
+    def __init__(self, p: float):
+        super().__init__(p, locked=True)
 
 
 class FeatureLM(nn.Module):
@@ -135,7 +158,8 @@ class RNNLM(FeatureLM):
             ``dropout``). Dropout is active in training mode only; ``eval()`` turns it off.
         locked_dropout: one dropout mask per sequence for the embeddings and the features, shared by all its
             time steps (variational dropout, Gal & Ghahramani 2016; Merity et al. 2018), instead of a fresh mask
-            per token. Between layers the recurrent module's own (per-token) dropout applies.
+            per token. Between layers a mask per token, as nn.LSTM's own; in training the layers then run one
+            by one (the parameters and the state dict stay nn.LSTM's) so ``shard_dropout`` governs that mask too.
         cell: "lstm" or "gru".
         out_size: size of the features given to ``output``; a linear projection H → out_size is added when
             it differs from H (None: H, or E when tying).
@@ -177,10 +201,10 @@ class RNNLM(FeatureLM):
             raise ValueError(f"tie_weights needs out_size == emb_size, got {out_size} and {emb_size}")
         self.embedding = nn.Embedding(vocab_size, emb_size, sparse=sparse)
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
-        self.rnn = rnn(emb_size, hidden_size, num_layers, batch_first=True,
-                       dropout=rates["dropout_between"] if num_layers > 1 else 0)
-        drop = LockedDropout if locked_dropout else nn.Dropout
-        self.drop_embedding, self.drop_output = drop(rates["dropout_embedding"]), drop(rates["dropout_output"])
+        self.rnn = rnn(emb_size, hidden_size, num_layers, batch_first=True)
+        self.drop_embedding = BatchDropout(rates["dropout_embedding"], locked_dropout)
+        self.drop_between = BatchDropout(rates["dropout_between"] if num_layers > 1 else 0.0)
+        self.drop_output = BatchDropout(rates["dropout_output"], locked_dropout)
         self.proj = nn.Linear(hidden_size, out_size) if out_size != hidden_size else nn.Identity()
         self.output = output
         if tie_weights:
@@ -190,8 +214,41 @@ class RNNLM(FeatureLM):
 
     def forward(self, input: Tensor, state: State = None) -> tuple[Tensor, State]:
         """(B, T) indices → features (B, T, out_size) and the new recurrent state."""
-        hidden, state = self.rnn(self.drop_embedding(self.embedding(input)), state)  # (B, T, H)
+        embedded = self.drop_embedding(self.embedding(input))  # (B, T, E)
+        if self.training and self.drop_between.p > 0:
+            hidden, state = self._layer_by_layer(embedded, state)
+        else:
+            hidden, state = self.rnn(embedded, state)  # (B, T, H)
         return self.proj(self.drop_output(hidden)), state
+
+    def _layer_by_layer(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """nn.LSTM/GRU's stack with ``drop_between`` on each layer's output but the last: (B, T, E) → (B, T, H)."""
+        rnn, lstm = self.rnn, isinstance(self.rnn, nn.LSTM)
+        if state is None:
+            zeros = x.new_zeros(rnn.num_layers, x.shape[0], rnn.hidden_size)
+            state = (zeros, zeros) if lstm else zeros
+        weights, finals = rnn._flat_weights, []  # 4 per layer: w_ih, w_hh, b_ih, b_hh
+        for layer in range(rnn.num_layers):
+            w, at = weights[4 * layer : 4 * layer + 4], slice(layer, layer + 1)
+            # torch.lstm/gru(input, state, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
+            if lstm:
+                x, h, c = torch.lstm(x, (state[0][at], state[1][at]), w, True, 1, 0.0, True, False, True)
+                finals.append((h, c))
+            else:
+                x, h = torch.gru(x, state[at], w, True, 1, 0.0, True, False, True)
+                finals.append((h,))
+            if layer + 1 < rnn.num_layers:
+                x = self.drop_between(x)
+        joined = tuple(torch.cat(parts) for parts in zip(*finals, strict=True))  # (layers, B, H) each
+        return x, joined if lstm else joined[0]
+
+    def shard_dropout(self, generator: torch.Generator | None, index: int = 0, shards: int = 1,
+                      real_rows: int | None = None) -> None:
+        """Draw the next training passes' dropout masks from ``generator`` for a global batch of ``real_rows``
+        (None: shards × the input's rows), of which the input is shard ``index`` of ``shards`` (BatchDropout).
+        None: torch's global generator, the input's rows only."""
+        for module in (self.drop_embedding, self.drop_between, self.drop_output):
+            module.shard = None if generator is None else (generator, index, shards, real_rows)
 
 
 class GenericNCELM(nn.Module):
@@ -282,7 +339,7 @@ class GenericNCELM(nn.Module):
         """None: the generic model's embedding is scored densely through the cell."""
         return []
 
-    def log_z(self, context: Tensor) -> Tensor:
+    def log_normaliser(self, context: Tensor) -> Tensor:
         """log Σ_w exp s(w | h), (N, H) → (N,), chunked over the vocabulary."""
         words = torch.arange(self.vocab_size, device=context.device)
         parts = [self.score(context, chunk).logsumexp(-1) for chunk in words.split(self.chunk_size)]
@@ -292,9 +349,9 @@ class GenericNCELM(nn.Module):
     def scores(self, input: Tensor, target: Tensor, state: State = None):
         context, state = self(input, state)
         flat = context.reshape(-1, context.size(-1))
-        log_z = self.log_z(flat)
+        log_z = self.log_normaliser(flat)
         nll = (log_z - self.target_score(flat, target.reshape(-1))).view_as(target)
         return nll, (log_z - self.norm).view_as(target), state
 
 
-__all__ = ["CELLS", "FeatureLM", "GenericNCELM", "LockedDropout", "RNNLM", "detach_state"]
+__all__ = ["CELLS", "BatchDropout", "FeatureLM", "GenericNCELM", "LockedDropout", "RNNLM", "detach_state"]

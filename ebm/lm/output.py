@@ -364,7 +364,7 @@ class SampledOutput(nn.Module):
         """log p̃(target) = s(target) − norm, no sum over the vocabulary: (...)."""
         return self.score(hidden, target) - self.norm.float()
 
-    def log_normalizer(self, hidden: Tensor) -> Tensor:
+    def log_normaliser(self, hidden: Tensor) -> Tensor:
         """log Z(h) = logsumexp_w s(w) over the whole vocabulary: (..., H) → (...).
 
         Computed over chunks of the vocabulary with a running logaddexp, so at most
@@ -384,13 +384,13 @@ class SampledOutput(nn.Module):
 
     def nll_and_gap(self, hidden: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
         """Exact −log p(target) (...) and, for a sampled loss, the gap log Z(h) − norm (...) (None for "full")."""
-        log_z = self.log_normalizer(hidden)
+        log_z = self.log_normaliser(hidden)
         gap = log_z - self.norm.float() if self._loss != "full" else None
         return log_z - self.score(hidden, target), gap
 
     def nll(self, hidden: Tensor, target: Tensor) -> Tensor:
         """Exact per-token negative log-likelihood −log p(target) = log Z(h) − s(target): (...)."""
-        return self.log_normalizer(hidden) - self.score(hidden, target)
+        return self.log_normaliser(hidden) - self.score(hidden, target)
 
 
 __all__ = ["NOISE_SHARING", "SampledOutput", "cut_cross_entropy", "gather_rows", "register_norm"]
