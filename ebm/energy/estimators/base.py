@@ -5,9 +5,10 @@ An estimator is an ``nn.Module`` (so ``.to(device)`` moves what it owns, and ``s
 
     loss(model, data, generator) -> (loss or None, stats)
 
-``model`` is anything with ``log_prob(x)``: (B, 2) → (B,) (an ``EnergyMLP``); ``data`` (B, 2) lives on the
-training device; every random number is drawn on the CPU from ``generator`` (a CPU ``torch.Generator``, or
-torch's global one when None) and then moved to the device. ``loss`` is a scalar for the caller to
+``model`` is anything with ``log_prob(x)``: (B, D) → (B,) (an ``EnergyMLP``); ``data`` (B, D) lives on the
+training device (D ≥ 1: every estimator but mle, which integrates over a 2D grid, works in any D); every random
+number is drawn on the CPU from ``generator`` (a CPU ``torch.Generator``, or torch's global one when None) and
+then moved to the device. ``loss`` is a scalar for the caller to
 backpropagate into the energy's parameters, or None when the call already updated only the estimator's own
 parameters (a flow step of FCE) and the energy must not be stepped. ``stats`` maps names to detached scalar
 tensors (no device sync; call ``.item()`` when logging).
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 
 class LogDensityModel(Protocol):
-    """What an estimator needs of the model: a differentiable log-density, (B, 2) → (B,)."""
+    """What an estimator needs of the model: a differentiable log-density, (B, D) → (B,)."""
 
     def log_prob(self, x: Tensor) -> Tensor: ...
 
@@ -65,7 +66,7 @@ class Estimator(nn.Module, ABC):
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """The loss for one step on ``data`` (B, 2), and detached statistics."""
+        """The loss for one step on ``data`` (B, D), and detached statistics."""
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -104,9 +105,20 @@ def check_noise(name: str, noise: nn.Module | None) -> nn.Module:
     return noise
 
 
-def check_batch(data: Tensor) -> None:
-    if data.dim() != 2 or data.shape[1] != 2 or len(data) == 0:
-        raise ValueError(f"data must have shape (B, 2) with B ≥ 1, got {tuple(data.shape)}")
+def check_batch(data: Tensor, dims: int | None = None) -> None:
+    """``data`` is a batch (B, D) with B ≥ 1 and D ≥ 1, and D = ``dims`` when given (the noise's dimension)."""
+    if data.dim() != 2 or data.shape[1] < 1 or len(data) == 0:
+        raise ValueError(f"data must have shape (B, D) with B ≥ 1 and D ≥ 1, got {tuple(data.shape)}")
+    if dims is not None and data.shape[1] != dims:
+        raise ValueError(f"data must have shape (B, {dims}) to match the noise's dimension, got {tuple(data.shape)}")
+
+
+def noise_dims(name: str, noise: nn.Module) -> int:
+    """D, the dimension of the points of the noise module an estimator draws from (its ``dims``)."""
+    dims = getattr(noise, "dims", None)
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise ValueError(f"estimator {name!r} needs a noise module with a positive integer dims, got {dims!r}")
+    return dims
 
 
 def standard_normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

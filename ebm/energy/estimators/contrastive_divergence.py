@@ -21,6 +21,7 @@ from ebm.energy.estimators.base import (
     check_positive_float,
     check_positive_int,
     check_probability,
+    noise_dims,
     uniform,
 )
 from ebm.energy.langevin import langevin_sample
@@ -36,7 +37,8 @@ def contrastive_divergence_loss(log_prob_data: Tensor, log_prob_samples: Tensor)
 
 
 class ContrastiveDivergence(Estimator):
-    """Persistent CD: a buffer of ``buffer_size`` chains (a buffer tensor, so checkpoints carry it), started
+    """Persistent CD: a buffer of ``buffer_size`` chains (buffer_size, D), D the noise's ``dims`` (a buffer tensor,
+    so checkpoints carry it), started
     from the noise on the first call (a flag kept on the host, in the state dict's extra state: reading a device
     flag every step would synchronise the device).
 
@@ -65,7 +67,8 @@ class ContrastiveDivergence(Estimator):
         self.steps = check_positive_int("cd_steps", steps)
         self.step_size = check_positive_float("cd_step_size", step_size)
         self.reinit = check_probability("cd_reinit", reinit)
-        self.register_buffer("chains", torch.zeros(check_positive_int("cd_buffer", buffer_size), 2))
+        chains = torch.zeros(check_positive_int("cd_buffer", buffer_size), noise_dims(self.name, self.noise))
+        self.register_buffer("chains", chains)  # (buffer_size, D)
         self.started = False
 
     def get_extra_state(self) -> dict:
@@ -77,7 +80,7 @@ class ContrastiveDivergence(Estimator):
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_batch(data)
+        check_batch(data, self.chains.shape[1])
         if len(data) > len(self.chains):
             raise ValueError(f"batch of {len(data)} points exceeds the cd_buffer of {len(self.chains)} chains")
         if not self.started:
@@ -85,8 +88,8 @@ class ContrastiveDivergence(Estimator):
             self.started = True
         index = torch.randperm(len(self.chains), generator=generator)[: len(data)].to(self.chains.device)  # (B,)
         restart = uniform((len(data), 1), generator, data.device) < self.reinit  # (B, 1)
-        start = torch.where(restart, self.noise.sample((len(data),), generator), self.chains[index])  # (B, 2)
-        samples = langevin_sample(model.log_prob, start, self.steps, self.step_size, generator)  # (B, 2), detached
+        start = torch.where(restart, self.noise.sample((len(data),), generator), self.chains[index])  # (B, D)
+        samples = langevin_sample(model.log_prob, start, self.steps, self.step_size, generator)  # (B, D), detached
         self.chains[index] = samples
         log_prob = model.log_prob(torch.cat([data, samples]))  # (2B,)
         log_prob_data, log_prob_samples = log_prob[: len(data)], log_prob[len(data) :]

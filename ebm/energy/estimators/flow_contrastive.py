@@ -91,7 +91,7 @@ class FlowContrastiveEstimation(Estimator):
     def _value(
         self, model: LogDensityModel, data: Tensor, log_q_data: Tensor, samples: Tensor, log_q_samples: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """J and the classifier's balanced accuracy, for data (B, 2) and flow samples (M, 2) with their log q."""
+        """J and the classifier's balanced accuracy, for data (B, D) and flow samples (M, D) with their log q."""
         log_p = model.log_prob(torch.cat([data, samples]))  # (B + M,)
         logit_data = nce_logit(log_p[: len(data)], log_q_data, self.noise_ratio)  # (B,)
         logit_noise = nce_logit(log_p[len(data) :], log_q_samples, self.noise_ratio)  # (M,)
@@ -107,14 +107,14 @@ class FlowContrastiveEstimation(Estimator):
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
-        check_batch(data)
+        check_batch(data, self.flow.dims)
         if getattr(model, "base", None) is self.flow:
             raise ValueError("the model's base density is FCE's trained flow; use base 'none' or a frozen copy of it")
         update_flow = self.rule == "both" or bool(self.flow_turn)
         update_energy = self.rule == "both" or not update_flow
         m = max(1, round(self.noise_ratio * len(data)))
         with torch.set_grad_enabled(update_flow):
-            samples, log_q_samples = self.flow.rsample_and_log_prob((m,), generator)  # (M, 2), (M,)
+            samples, log_q_samples = self.flow.rsample_and_log_prob((m,), generator)  # (M, D), (M,)
             flow_terms = (self.flow.log_prob(data), samples, log_q_samples)
         loss = None
         if update_energy:  # the flow's terms held fixed

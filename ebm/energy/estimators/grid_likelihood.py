@@ -6,7 +6,8 @@ over an R × R grid of spacing h = 2b/R covering the box [−b, b]² around the 
 uniform random offset u·h, u ~ U[0, 1)², at every step: Ẑ is then an unbiased estimate of the integral over
 the (shifted) box, and the model cannot hide mass between fixed nodes (a spike between the nodes of a fixed
 grid raises the likelihood at no cost to Ẑ). log Ẑ is differentiable, so this is exact gradient descent on
-the likelihood up to quadrature; ``log_z`` cancels.
+the likelihood up to quadrature; ``log_z`` cancels. Only in 2D: a grid in D dimensions has R^D nodes, and
+points of D > 2 are refused with a ValueError naming the estimators that work there.
 """
 
 from __future__ import annotations
@@ -20,8 +21,20 @@ from torch import Tensor, nn
 from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, check_positive_float, uniform
 
 
+def check_plane(points: Tensor) -> None:
+    """Refuse points (N, D) with D ≠ 2: the grid exists only in the plane."""
+    if points.dim() != 2 or points.shape[1] != 2:
+        from ebm.energy.estimators import ESTIMATORS  # the registry imports this module
+
+        others = ", ".join(name for name in ESTIMATORS if name != GridMaximumLikelihood.name)
+        raise ValueError(f"mle integrates log Z on a 2D grid and needs points of shape (N, 2), got "
+                         f"{tuple(points.shape)}; in D > 2 dimensions use one of {others}")
+
+
 def box_bound(points: Tensor, margin: float = 1.0) -> float:
-    """Half-width b of a box [−b, b]² holding the points with ``margin`` to spare, rounded up to a multiple of ½."""
+    """Half-width b of a box [−b, b]² holding the points (N, 2) with ``margin`` to spare, rounded up to a multiple
+    of ½."""
+    check_plane(points)
     return math.ceil(2 * (points.detach().abs().max().item() + margin)) / 2
 
 
@@ -63,6 +76,7 @@ class GridMaximumLikelihood(Estimator):
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         check_batch(data)
+        check_plane(data)
         nodes = shifted_grid(self.bound, self.resolution, uniform((2,), generator, data.device))  # (R², 2)
         log_prob = model.log_prob(torch.cat([data, nodes]))  # (B + R²,)
         log_cell = 2 * torch.log(2 * self.bound / self.resolution)  # log h²
@@ -71,4 +85,4 @@ class GridMaximumLikelihood(Estimator):
         return loss, {"log_normaliser": log_normaliser.detach()}
 
 
-__all__ = ["GridMaximumLikelihood", "box_bound", "shifted_grid"]
+__all__ = ["GridMaximumLikelihood", "box_bound", "check_plane", "shifted_grid"]

@@ -33,24 +33,24 @@ LogProb = Callable[[Tensor], Tensor]
 
 
 def _score(log_prob: LogProb, x: Tensor) -> tuple[Tensor, Tensor]:
-    """x as a leaf that requires grad, and s(x) = ∇ₓ log p(x) (N, 2), differentiable in the parameters."""
+    """x as a leaf that requires grad, and s(x) = ∇ₓ log p(x) (N, D), differentiable in the parameters."""
     x = x.detach().requires_grad_(True)
     (score,) = torch.autograd.grad(log_prob(x).sum(), x, create_graph=True)
     return x, score
 
 
 def denoising_score_matching_loss(log_prob: LogProb, data: Tensor, epsilon: Tensor, sigma: float) -> Tensor:
-    """Per-point DSM loss ½‖s(x + σε) + ε/σ‖² for data (N, 2) and standard normal ``epsilon`` (N, 2): (N,)."""
+    """Per-point DSM loss ½‖s(x + σε) + ε/σ‖² for data (N, D) and standard normal ``epsilon`` (N, D): (N,)."""
     _, score = _score(log_prob, data + sigma * epsilon)
     return 0.5 * (score + epsilon / sigma).square().sum(dim=-1)
 
 
 def sliced_score_matching_loss(log_prob: LogProb, data: Tensor, projections: Tensor) -> Tensor:
-    """Per-point SSM-VR loss ½‖s(x)‖² + mean_m v_mᵀ ∇ₓ(v_mᵀ s(x)) for data (N, 2), projections (N, M, 2): (N,)."""
+    """Per-point SSM-VR loss ½‖s(x)‖² + mean_m v_mᵀ ∇ₓ(v_mᵀ s(x)) for data (N, D), projections (N, M, D): (N,)."""
     x, score = _score(log_prob, data)
     curvature = torch.zeros(len(data), device=data.device, dtype=score.dtype)  # (N,)
-    for v in projections.unbind(dim=1):  # each (N, 2)
-        (hessian_v,) = torch.autograd.grad((score * v).sum(), x, create_graph=True)  # (N, 2): ∇ₓ(vᵀs)
+    for v in projections.unbind(dim=1):  # each (N, D)
+        (hessian_v,) = torch.autograd.grad((score * v).sum(), x, create_graph=True)  # (N, D): ∇ₓ(vᵀs)
         curvature = curvature + (hessian_v * v).sum(dim=-1)
     return 0.5 * score.square().sum(dim=-1) + curvature / projections.shape[1]
 
@@ -73,7 +73,7 @@ class DenoisingScoreMatching(Estimator):
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         check_batch(data)
-        epsilon = standard_normal(tuple(data.shape), generator, data.device)  # (B, 2)
+        epsilon = standard_normal(tuple(data.shape), generator, data.device)  # (B, D)
         return denoising_score_matching_loss(model.log_prob, data, epsilon, self.sigma).mean(), {}
 
 
@@ -95,7 +95,7 @@ class SlicedScoreMatching(Estimator):
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         check_batch(data)
-        v = standard_normal((len(data), self.projections, 2), generator, data.device)  # (B, M, 2)
+        v = standard_normal((len(data), self.projections, data.shape[1]), generator, data.device)  # (B, M, D)
         return sliced_score_matching_loss(model.log_prob, data, v).mean(), {}
 
 
