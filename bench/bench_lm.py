@@ -212,19 +212,19 @@ def train_one(spec: dict) -> dict:
     with the validation ppl of the saved model (calibrated where asked), scored after the final test score."""
     settings = {**MODELS[spec["model"]], **RECIPES[spec["recipe"]]}
     seams = dict(build=dense_model, optimizer=momentum_sgd) if spec["recipe"] == "seed" else {}
-    config = LMConfig(dataset=spec["folder"], out=str(Path(spec["results"]) / "lm_runs" / run_key(spec).replace(
-        "/", "_")), progress=False, threads=spec["threads"], seed=spec["seed"], epochs=spec["epochs"],
-                      time_budget=spec["budget"], synthetic_vocab=spec["synthetic_vocab"],
+    out = Path(spec["results"]) / "lm_runs" / run_key(spec).replace("/", "_")
+    config = LMConfig(dataset=spec["folder"], out=str(out), progress=False, threads=spec["threads"], seed=spec["seed"],
+                      epochs=spec["epochs"], time_budget=spec["budget"], synthetic_vocab=spec["synthetic_vocab"],
                       synthetic_tokens=spec["synthetic_tokens"], **settings)
     load_start, started = os.getloadavg(), time.perf_counter()
     result = train_lm(config, **seams)
     entry = {**spec, **result, "loss": config.loss, "wall_s": time.perf_counter() - started,
              "load_start": load_start, "load_end": os.getloadavg(), "curve": _curve(Path(result["out"])),
              "date": datetime.now().isoformat(timespec="seconds")}
-    corpus, tokens = load_lm_corpus(config), load_checkpoint(checkpoint_path(result["out"]))["tokens"]
-    entry["final_valid_ppl"] = evaluator(config, corpus, torch.device("cpu"))(load_lm(result["out"]).model,
-                                                                             corpus.valid)["ppl"]
-    entry["tokens_per_s"] = tokens / result["train_seconds"]  # the task's figure divides by the last epoch's clock
+    corpus, model = load_lm_corpus(config), load_lm(out).model  # the saved model: the calibrated one where asked
+    entry["final_valid_ppl"] = evaluator(config, corpus, torch.device("cpu"))(model, corpus.valid)["ppl"]
+    # all tokens over all training seconds (the result's figure divides by the clock at the last completed epoch)
+    entry["tokens_per_s"] = load_checkpoint(checkpoint_path(out))["tokens"] / result["train_seconds"]
     return entry
 
 
