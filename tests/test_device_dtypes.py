@@ -12,15 +12,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ebm.data.toy import sample
+from ebm.energy.config import EnergyConfig
 from ebm.energy.estimators import ESTIMATORS, make_estimator
 from ebm.energy.noise import make_noise
-from ebm.energy.config import EnergyConfig
 from ebm.energy.task import build_energy, energy_step
-from ebm.lm.distributed import DistributedContext, DistributedLM
-from ebm.lm.optim import make_optimizer
+from ebm.harness.context import DistributedContext
 from ebm.lm.build import build_model as build_lm
 from ebm.lm.config import LMConfig
-from ebm.lm.task import train_step as lm_step
+from ebm.lm.distributed import DistributedLM
+from ebm.lm.optim import make_optimizer
 
 DEVICE = torch.device("meta")
 ALLOWED = {torch.float32, torch.int64, torch.int32, torch.bool, torch.uint8}
@@ -74,10 +74,12 @@ def test_lm_training_step_places_no_float64_on_the_device():
     with DeviceDtypes() as recorder:
         model = build_lm(config, counts, sparse=False).to(DEVICE)  # as on MPS: dense row gradients
         optimizer = make_optimizer(model, config.optimizer, config.lr, model.sparse_parameters())
-        parallel, context = DistributedLM(model, DistributedContext(device=DEVICE)), DistributedContext(device=DEVICE)
+        parallel = DistributedLM(model, DistributedContext(device=DEVICE))
         tokens = torch.randint(50, (4, 7), generator=torch.Generator().manual_seed(0))
-        _, hidden = lm_step(parallel, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, None,
-                            torch.Generator().manual_seed(1), context)
-        lm_step(parallel, optimizer, config, tokens[:, :-1], tokens[:, 1:], None, hidden,
-                torch.Generator().manual_seed(1), context)
+        hidden = None
+        for step in range(2):  # the second step carries the state: as LMTask.step does
+            optimizer.zero_grad(set_to_none=True)
+            _, hidden = parallel.forward_backward(tokens[:, :-1], tokens[:, 1:], hidden, None,
+                                                  noise=torch.Generator().manual_seed(1), dropout_seed=step)
+            optimizer.step()
     assert recorder.seen and recorder.bad() == []

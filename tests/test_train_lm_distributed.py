@@ -19,8 +19,6 @@ import torch.multiprocessing as mp
 
 import ebm.harness.loop as loop_module
 import ebm.lm.task as lm_task
-from ebm.lm.distributed import step_seed
-from ebm.lm.optim import add_weight_decay_, clip_grad_norm_
 from ebm.lm.train import LMConfig, load_lm, train_lm
 from ebm.utils import read_metrics
 
@@ -28,31 +26,6 @@ WORLD = 2
 START = "fork" if sys.platform == "linux" else "spawn"
 TINY = dict(synthetic_vocab=30, synthetic_tokens=4000, emb_size=16, hidden_size=16, batch_size=8, bptt=10,
             noise_ratio=10, lr=1e-2, progress=False, threads=1, dist_timeout=60.0, num_layers=2)  # dropout: defaults
-
-
-def _step(self, batch, noise_generator, position):
-    """``LMTask.step`` as issue 17 asks the loop to run it: the global batch to ``DistributedLM.forward_backward``
-    (this rank's rows, the global batch's noise and dropout masks seeded by the step, not the rank). Delete this
-    and the fixture below once ebm.lm.task's step does the same."""
-    input, target, mask = batch
-    self.model.train()
-    self.optimizer.zero_grad(set_to_none=True)
-    loss, self.hidden = self.parallel.forward_backward(
-        input, target, self.hidden if mask is None else None, mask, noise=noise_generator,
-        dropout_seed=step_seed(self.config.seed, position.step), amp=self.config.amp)
-    params = [p for p in self.model.parameters() if p.requires_grad]
-    add_weight_decay_(params, self.config.weight_decay)
-    if self.config.clip > 0:
-        clip_grad_norm_(params, self.config.clip)
-    self.optimizer.step()
-    tokens = int(mask.sum()) if mask is not None else target.numel()
-    self.epoch_tokens, self.tokens = self.epoch_tokens + tokens, self.tokens + tokens
-    return {"loss": loss}
-
-
-@pytest.fixture(autouse=True)
-def _wired_step(monkeypatch):
-    monkeypatch.setattr(lm_task.LMTask, "step", _step)  # forked ranks inherit it
 
 
 def _free_port() -> int:

@@ -58,6 +58,8 @@ class LMConfig(RunConfig):
                              "state reset per sentence", choices=BATCH_MODES)
     batch_size: int = option(20, "sequences per batch (the global batch under torchrun)", check=positive)
     bptt: int = option(35, "tokens per chunk (sentence mode: longest sentence kept, 0 = no cut)", check=non_negative)
+    micro_batches: int = option(1, "passes each rank splits its rows of a batch into (gradient accumulation: the same "
+                                "step with less memory)", check=positive)
     eval_batch_size: int = option(10, "rows of the evaluation streams (sentences per batch in sentence mode)",
                                   check=positive)
     model: str = option("lstm", "recurrent cell; generic = the seed's full-NCE GRU scorer (loss nce only); "

@@ -230,7 +230,7 @@ class DistributedLM:
         self.model = model
         self.context = context
         self.sync_gradients = GradientSync(model.parameters(), context)
-        self.dropout_generator = torch.Generator(context.device)
+        self.dropout_generator = torch.Generator()  # masks drawn on the CPU, as all randomness: any device, one run
         for tensor in [*model.parameters(), *model.buffers()]:
             context.broadcast_(tensor.data)
 
@@ -296,22 +296,6 @@ def _join_states(states: list[State]) -> State:
     if isinstance(states[0], tuple):
         return tuple(torch.cat([s[i] for s in states], dim=1).detach() for i in range(len(states[0])))
     return torch.cat(states, dim=1).detach()
-
-
-# --- transitional: what ebm/lm/train.py calls until its loop calls DistributedLM.forward_backward -----------------
-def global_mean_weight(local_tokens: int, context: DistributedContext) -> float:
-    """n_r·W / Σ_r n_r: each rank's mean loss times it, averaged over ranks, is the global token mean."""
-    total = int(context.all_reduce(torch.tensor([local_tokens]), "token count").item())
-    return local_tokens * context.world_size / total if total else 0.0
-
-
-def _loss(self: DistributedLM, *args: Any, **kwargs: Any) -> Any:
-    """``model.loss(*args, **kwargs)`` on rows the caller sharded."""
-    return self.model.loss(*args, **kwargs)
-
-
-DistributedLM.loss = _loss
-DistributedLM.sync_sparse_gradients = property(lambda self: self.sync_gradients)
 
 
 # --- checks and checkpoints ----------------------------------------------------------------------------------------

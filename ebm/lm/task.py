@@ -16,7 +16,6 @@ so a seed gives the same noise on any device. On Apple MPS the embedding and out
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,14 +36,11 @@ from ebm.lm.distributed import (
     assert_identical,
     check_global_batch,
     gather_state,
-    global_mean_weight,
-    shard_rows,
     shard_state,
+    step_seed,
 )
 from ebm.lm.evaluate import evaluate, evaluate_sentences
-from ebm.lm.models import detach_state
 from ebm.lm.optim import add_weight_decay_, clip_grad_norm_, make_optimizer
-from ebm.lm.output import SampledOutput
 
 Evaluator = Callable[[torch.nn.Module, Split], dict[str, float]]
 
@@ -101,12 +97,6 @@ def describe_scores(prefix: str, result: dict[str, float], floor: float | None) 
     return text
 
 
-def dropout_seed(seed: int, rank: int, step: int) -> int:
-    """The seed of step ``step``'s dropout masks on ``rank``: a function of the run's position only, so a resumed
-    run draws the masks the uninterrupted one would, and ranks draw different masks for their rows."""
-    return (seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + step) % 2**63
-
-
 class LMTask:
     """A word-level language model trained with a loss of ``ebm.lm.losses``, evaluated exactly.
 
@@ -130,7 +120,7 @@ class LMTask:
 
     def setup(self, state: dict[str, Any] | None, data_generator: torch.Generator) -> list[str]:
         config, context = self.config, self.context
-        check_global_batch(config.batch_size, context.world_size)
+        check_global_batch(config.batch_size, context.world_size, config.micro_batches)
         self.corpus = corpus = load_lm_corpus(config)
         self.steps = steps_per_epoch(config, corpus)
         if self.steps < 1:
@@ -185,11 +175,26 @@ class LMTask:
         set_lr(self.optimizer, scheduled_lr(self.lr, progress, c.schedule, c.warmup, c.hold, c.lr_final))
 
     def step(self, batch: tuple, noise_generator: torch.Generator, position: Position) -> dict[str, torch.Tensor]:
+        """One optimiser step on a global batch (B, T) (with its mask in sentence mode).
+
+        The rank keeps its rows (all of them in one process), in ``micro_batches`` passes; the noise and the
+        dropout masks are drawn for the global batch from generators seeded by the step, not the rank, so a run is
+        the same at any world size (``DistributedLM.forward_backward``). The state is carried between bptt chunks
+        in concat mode (detached: truncated back-propagation) and reset for every batch of sentences. Weight decay
+        and clipping act on touched rows only for sparse gradients.
+        """
         input, target, mask = batch
+        config = self.config
         self.model.train()
-        torch.manual_seed(dropout_seed(self.config.seed, self.context.rank, position.step))
-        loss, self.hidden = train_step(self.parallel, self.optimizer, self.config, input, target, mask, self.hidden,
-                                       noise_generator, self.context)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, self.hidden = self.parallel.forward_backward(
+            input, target, self.hidden if mask is None else None, mask, noise=noise_generator,
+            dropout_seed=step_seed(config.seed, position.step), micro_batches=config.micro_batches, amp=config.amp)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        add_weight_decay_(params, config.weight_decay)
+        if config.clip > 0:
+            clip_grad_norm_(params, config.clip)
+        self.optimizer.step()
         tokens = int(mask.sum()) if mask is not None else target.numel()  # the global batch's tokens
         self.epoch_tokens, self.tokens = self.epoch_tokens + tokens, self.tokens + tokens
         return {"loss": loss}
@@ -198,7 +203,9 @@ class LMTask:
         """The exact validation scores (every rank evaluates the same model on the same data); the plateau rule."""
         self.valid = self.score(self.model, self.corpus.valid)
         if self.config.schedule == "plateau":
-            self.lr, self.best = plateau_lr(self.lr, self.best, self.valid["ppl"], self.config.lr_decay)
+            # rank 0's decision for every rank: kernels that are not deterministic could make the ranks part
+            self.lr, self.best = self.context.broadcast_object(
+                plateau_lr(self.lr, self.best, self.valid["ppl"], self.config.lr_decay))
             self.schedule(self.progress)
         else:
             self.best = min(self.best, self.valid["ppl"])
@@ -228,8 +235,8 @@ class LMTask:
         assert_identical(self.model, self.context)
         norm_shift = 0.0
         if self.config.calibrate_norm:  # the last epoch's validation scores are current unless training went on
-            norm_shift = calibrate_norm(self.model, self.valid if self.valid and completed
-                                        else self.score(self.model, self.corpus.valid))
+            valid = self.valid if self.valid and completed else self.score(self.model, self.corpus.valid)
+            norm_shift = calibrate_norm(self.model, self.context.broadcast_object(valid))  # rank 0's shift
         test = self.score(self.model, self.corpus.test)
         return {**{f"test_{k}": v for k, v in test.items() if k != "tokens"}, "valid_ppl": self.valid.get("ppl"),
                 "floor_ppl": self.floor, "tokens_per_s": self.tokens / seconds if seconds else 0.0,
@@ -261,47 +268,6 @@ def calibrate_norm(model: torch.nn.Module, valid: dict[str, Any]) -> float:
     return gap
 
 
-def train_step(parallel: DistributedLM, optimizer: Any, config: LMConfig, input: torch.Tensor, target: torch.Tensor,
-               mask: torch.Tensor | None, hidden: Any, generator: torch.Generator, context: DistributedContext):
-    """One optimiser step on a global batch (B, T) (with its mask in sentence mode); returns (loss, new state).
-
-    The rank keeps its rows of the batch (all of them in one process); the state is carried between bptt chunks
-    in concat mode (detached: truncated back-propagation) and reset for every batch of sentences. With
-    ``config.amp`` the network runs under bfloat16 autocast; the losses upcast their inputs to float32. Dense
-    gradients are averaged over ranks by DDP during ``backward``, sparse rows by ``sync_sparse_gradients``;
-    weight decay and clipping then act on touched rows only for sparse gradients.
-    """
-    device = context.device
-    output = getattr(parallel.model, "output", None)
-    if isinstance(output, SampledOutput):  # each rank keeps its rows' share of the global batch's noise draws
-        output.noise_shard = (context.rank, context.world_size, len(input))
-    if mask is not None and context.world_size > 1 and len(mask) % context.world_size:
-        input, target, mask = _pad_to_ranks(input, target, mask, context.world_size)
-    input, target = (shard_rows(x, context.rank, context.world_size).to(device) for x in (input, target))
-    mask = shard_rows(mask, context.rank, context.world_size).to(device) if mask is not None else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
-    with autocast:
-        loss, hidden = parallel.loss(input, target, hidden if mask is None else None, mask, generator=generator)
-    if mask is not None and context.world_size > 1:  # shards of padded sentences hold unequal token counts
-        loss = loss * global_mean_weight(int(mask.sum()), context)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    parallel.sync_sparse_gradients()
-    params = [p for p in parallel.model.parameters() if p.requires_grad]
-    add_weight_decay_(params, config.weight_decay)
-    if config.clip > 0:
-        clip_grad_norm_(params, config.clip)
-    optimizer.step()
-    return loss.detach(), detach_state(hidden)
-
-
-def _pad_to_ranks(input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, world_size: int):
-    """Sentence batches padded with fully masked rows to a multiple of the world size."""
-    extra = -len(mask) % world_size
-    pad = lambda x: torch.cat([x, x.new_zeros((extra, *x.shape[1:]))])  # noqa: E731 - masked rows: never scored
-    return pad(input), pad(target), pad(mask)
-
-
 def _to_cpu(state: Any) -> Any:
     if state is None:
         return None
@@ -315,4 +281,4 @@ def _to_device(state: Any, device: torch.device) -> Any:
 
 
 __all__ = ["LMTask", "calibrate_norm", "describe_scores", "evaluator", "load_lm_corpus",
-           "steps_per_epoch", "train_step"]
+           "steps_per_epoch"]
