@@ -389,14 +389,7 @@ def test_every_estimator_gives_finite_loss_and_gradients(name, dims):
         assert model.log_z.grad.abs().item() > 0
 
 
-FCE_PLACEHOLDER = pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                    reason="fce's build makes its placeholder flow with FlowNoise.empty(), 2D: it "
-                                           "must pass dims=D (FlowNoise.empty(dims=...))")
-
-
-@pytest.mark.parametrize(
-    "name, dims", [pytest.param(*case, marks=FCE_PLACEHOLDER) if case == ("fce", 4) else case for case in CASES]
-)
+@pytest.mark.parametrize("name, dims", CASES)
 def test_state_round_trip_reproduces_the_next_losses(name, dims, tmp_path):
     torch.manual_seed(23)
     model, points = EnergyMLP(width=16, depth=2, dims=dims), _points(dims)

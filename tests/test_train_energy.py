@@ -240,6 +240,7 @@ def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monke
     ("noise_ratio", 0.001, "at least one noise point per step"),
     ("resolution", 33, "resolution must be an even integer"),
     ("device", "cuda:x", "device must be one of"),
+    ("dims", 3, "dims must be an even integer"),
 ])
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -262,6 +263,11 @@ def test_cli_rejects_bad_input_before_any_work(args, message, tmp_path, capsys, 
     assert train_main([*args, "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plane_only_estimator_is_refused_beyond_the_plane_before_any_work():
+    with pytest.raises(ValueError, match="mle works in 2D only.*use one of nce, rnce, ence, cnce, fce, dsm, ssm, cd"):
+        EnergyConfig(estimator="mle", dims=4)
 
 
 def test_config_round_trips_through_json():

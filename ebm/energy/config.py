@@ -81,6 +81,10 @@ class EnergyConfig(RunConfig, EstimatorOptions):
         if round(self.noise_ratio * self.batch_size) < 1:
             raise ValueError(f"noise_ratio × batch_size must give at least one noise point per step, got "
                              f"{self.noise_ratio} × {self.batch_size}")
+        if estimator_class(self.estimator).plane_only and self.dims != 2:
+            others = ", ".join(name for name, cls in ESTIMATORS.items() if not cls.plane_only)
+            raise ValueError(f"estimator {self.estimator} works in 2D only (it integrates log Z on a grid); "
+                             f"at dims {self.dims} use one of {others}")
         if estimator_class(self.estimator).whole_ratio and self.noise_ratio != round(self.noise_ratio):
             raise ValueError(f"{self.estimator} draws a whole number of noise points per data point; "
                              f"noise_ratio {self.noise_ratio} is not one")

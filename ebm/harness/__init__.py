@@ -1,12 +1,16 @@
-"""One way of running both settings: configs, command lines, run folders, resume, progress, divergence.
+"""One way of running both settings: the training loop, configs, command lines, run folders, resume, progress.
 
-    ebm.harness.config   configs as dataclasses (``option``, ``validate``, ``build_parser``, ``check_resumable``)
-    ebm.harness.run      the run folder (config.json, metrics.jsonl, checkpoint.pt, frames/) and resume
-    ebm.harness.loop     position in a run, training clock and budget, the divergence rule, progress bars
-    ebm.harness.cli      the command line: parse, run, exit status
+    ebm.harness.trainer      the one training loop, ``fit(task, config, context)``; a setting is a ``Task``
+    ebm.harness.config       configs as dataclasses (``option``, ``validate``, ``build_parser``, ``check_resumable``)
+    ebm.harness.context      the process group (torchrun) or one process: the same questions, no branches
+    ebm.harness.run          the run folder (config.json, metrics.jsonl, checkpoint.pt, frames/) and resume
+    ebm.harness.loop         position in a run, training clock and budget, the divergence rule, progress bars
+    ebm.harness.schedule     the learning-rate schedule of both settings
+    ebm.harness.tensorboard  optional TensorBoard curves
+    ebm.harness.cli          the command line: parse, run, exit status
 
-The 2D loop (``ebm.energy.train``) and the LM loop (``ebm.lm.train``) hold only what differs between them:
-how a batch becomes a loss, and how a model is evaluated.
+The 2D model (``ebm.energy.task.EnergyTask``) and the language model (``ebm.lm.task.LMTask``) supply only what
+differs between them: how a batch becomes a step, how a model is evaluated, what a checkpoint holds of it.
 """
 
 from ebm.harness.cli import run_cli, set_threads

@@ -43,6 +43,7 @@ class Estimator(nn.Module, ABC):
     data and noise matters, and a run warns about it).
     ``uses_noise_ratio``: it draws ν noise points per data point (``noise_ratio``).
     ``whole_ratio``: it needs a whole number of noise points per data point.
+    ``plane_only``: it works in 2D only (it integrates on a grid).
     """
 
     name: ClassVar[str]
@@ -50,6 +51,7 @@ class Estimator(nn.Module, ABC):
     contrasts_noise: ClassVar[bool] = False
     uses_noise_ratio: ClassVar[bool] = False
     whole_ratio: ClassVar[bool] = False
+    plane_only: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

@@ -48,9 +48,10 @@ class FlowContrastiveEstimation(Estimator):
 
     @classmethod
     def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
-        """Its own flow, fitted to ``fit_points`` by maximum likelihood (``fce_pretrain_steps``, seed ``seed``)."""
+        """Its own flow, fitted to ``fit_points`` by maximum likelihood (``fce_pretrain_steps``, seed ``seed``); as
+        a placeholder, a flow in the dimension of ``noise``."""
         flow = fit_flow_noise(fit_points, options.fce_pretrain_steps, seed) if fit_points is not None \
-            else FlowNoise.empty()
+            else FlowNoise.empty(dims=noise.dims if noise is not None else 2)
         return cls(flow, options.noise_ratio, options.fce_rule, options.fce_threshold, options.fce_lr)
 
     @classmethod

@@ -55,6 +55,7 @@ class GridMaximumLikelihood(Estimator):
 
     name = "mle"
     learns_log_z = False
+    plane_only = True
 
     @classmethod
     def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
