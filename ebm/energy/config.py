@@ -57,9 +57,9 @@ class EnergyConfig(RunConfig, EstimatorOptions):
     noise_widen: float = option(1.5, "factor on the fitted noise covariances", check=positive)
     width: int = option(128, "hidden units per layer of the energy MLP", check=positive)
     depth: int = option(6, "hidden layers of the energy MLP", check=positive)
-    fourier_features: int = option(0, "random Fourier features γ(x) = [x, sin 2πxB, cos 2πxB] the MLP reads (0 = "
-                                   "x alone)", check=non_negative)
-    fourier_scale: float = option(1.0, "σ of the Fourier frequencies B ~ N(0, σ²) (cycles per unit length)",
+    fourier_features: int = option(64, "random Fourier features γ(x) = [x, sin 2πxB, cos 2πxB] the MLP reads (0 = "
+                                   "x alone); they let it draw sharp edges (checkerboard)", check=non_negative)
+    fourier_scale: float = option(0.5, "σ of the Fourier frequencies B ~ N(0, σ²) (cycles per unit length)",
                                   check=positive)
     activation: str = option("silu", "activation of the energy MLP", choices=tuple(ACTIVATIONS))
     base: str = option("noise", "noise: energy relative to the noise density (log p = log q − g − log_z); "
