@@ -19,18 +19,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ebm.utils.checks import positive_int
+
 if TYPE_CHECKING:
     from ebm.data.corpus import Split
 
 
-def _check_positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-
-
 def batchify(ids: Tensor, batch_size: int) -> Tensor:
     """Cut a (N,) stream into ``batch_size`` contiguous rows: (B, N // B); the last N mod B tokens are dropped."""
-    _check_positive("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     length = ids.numel() // batch_size
     if length < 2:
         raise ValueError(f"a stream of {ids.numel()} tokens is too short for batch size {batch_size}")
@@ -49,7 +46,7 @@ def bptt_chunks(data: Tensor, bptt: int) -> Iterator[tuple[Tensor, Tensor]]:
     token except the first of each row is a target exactly once. Chunks are int64 (a view of ``data`` when it
     is int64, a (B, T) copy when it is int32).
     """
-    _check_positive("bptt", bptt)
+    positive_int("bptt", bptt)
     length = data.size(1)
     for start in range(0, length - 1, bptt):
         steps = min(bptt, length - 1 - start)
@@ -70,9 +67,9 @@ def sentence_batches(
     otherwise. ``max_length`` truncates longer sentences (their tail is not predicted). Input and target are
     int64 whatever the dtype of ``split.ids``.
     """
-    _check_positive("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     if max_length is not None:
-        _check_positive("max_length", max_length)
+        positive_int("max_length", max_length)
     n = split.num_sentences
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     starts, ends = split.offsets[:-1], split.offsets[1:]

@@ -14,20 +14,7 @@ differs between them: how a batch becomes a step, how a model is evaluated, what
 """
 
 from ebm.harness.cli import run_cli, set_threads
-from ebm.harness.config import (
-    RUN_FIELDS,
-    RunConfig,
-    build_parser,
-    check_resumable,
-    device_name,
-    fraction,
-    from_dict,
-    non_negative,
-    option,
-    positive,
-    unit_interval,
-    validate,
-)
+from ebm.harness.config import RUN_FIELDS, RunConfig, build_parser, check_resumable, from_dict, option, validate
 from ebm.harness.loop import (
     DivergenceGuard,
     Position,
@@ -39,6 +26,7 @@ from ebm.harness.loop import (
 )
 from ebm.harness.run import RunFolder, checkpoint_path
 from ebm.harness.trainer import Task, fit
+from ebm.utils.checks import device_name, fraction, non_negative, positive, unit_interval
 
 __all__ = [
     "RUN_FIELDS",

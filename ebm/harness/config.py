@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -31,50 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ebm.harness.tensorboard import tensorboard_available
+from ebm.utils.checks import device_name, positive, seed_value
 
 Check = Callable[[str, Any], None]
-
-# ------------------------------------------------------------------------------------------------- checks
-
-
-def positive(name: str, value: Any) -> None:
-    """A number > 0 (finite)."""
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive, got {value!r}")
-
-
-def non_negative(name: str, value: Any) -> None:
-    """A finite number ≥ 0."""
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-
-
-def fraction(name: str, value: Any) -> None:
-    """A probability-like value in [0, 1)."""
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-
-
-def unit_interval(name: str, value: Any) -> None:
-    """A value in [0, 1]."""
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-
-
-def seed_value(name: str, value: Any) -> None:
-    """An integer seed NumPy and scikit-learn accept as well as torch: 0 ≤ seed < 2³²."""
-    if not 0 <= value < 2**32:
-        raise ValueError(f"{name} must be in [0, 2**32), got {value!r}")
-
-
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def device_name(name: str, value: Any) -> None:
-    """auto, cpu, mps, cuda or cuda:N (availability is checked when the run starts)."""
-    if not _DEVICE.fullmatch(value):
-        raise ValueError(f"{name} must be one of auto, cpu, cuda, cuda:N, mps; got {value!r}")
-
 
 # ---------------------------------------------------------------------------------------------- declaring
 
@@ -276,14 +233,8 @@ __all__ = [
     "RunConfig",
     "build_parser",
     "check_resumable",
-    "device_name",
     "flag_of",
-    "fraction",
     "from_dict",
-    "non_negative",
     "option",
-    "positive",
-    "seed_value",
-    "unit_interval",
     "validate",
 ]

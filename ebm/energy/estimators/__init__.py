@@ -30,21 +30,22 @@ from dataclasses import dataclass, fields
 
 from torch import Tensor, nn
 
-from ebm.energy.estimators.base import Estimator, check_probability
+from ebm.energy.estimators.base import Estimator
 from ebm.energy.estimators.contrastive import NCE, ConditionalNCE, ExponentialNCE, RankingNCE
 from ebm.energy.estimators.contrastive_divergence import ContrastiveDivergence
 from ebm.energy.estimators.flow_contrastive import FCE_RULES, FlowContrastiveEstimation
 from ebm.energy.estimators.grid_likelihood import GridMaximumLikelihood
 from ebm.energy.estimators.score_matching import DenoisingScoreMatching, SlicedScoreMatching
-from ebm.harness.config import non_negative, option, positive, validate
+from ebm.harness.config import option, validate
+from ebm.utils.checks import non_negative, positive, probability
 
 
 def _open_unit(name: str, value: float) -> None:
-    check_probability(name, value, open_low=True, open_high=True)
+    probability(name, value, open_low=True, open_high=True)
 
 
 def _unit(name: str, value: float) -> None:
-    check_probability(name, value)
+    probability(name, value)
 
 
 @dataclass

@@ -16,7 +16,6 @@ tensors (no device sync; call ``.item()`` when logging).
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Protocol
 
@@ -69,35 +68,6 @@ class Estimator(nn.Module, ABC):
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """The loss for one step on ``data`` (B, D), and detached statistics."""
-
-
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def check_whole_ratio(name: str, value: object) -> int:
-    """A noise ratio that must be a whole number of noise points per data point (4.0 is accepted as 4)."""
-    check_positive_float(name, value)
-    if float(value) != round(float(value)):
-        raise ValueError(f"{name} must be a whole number of noise points per data point, got {value!r}")
-    return round(float(value))
-
-
-def check_probability(name: str, value: object, *, open_low: bool = False, open_high: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    if value < 0 or value > 1 or (open_low and value == 0) or (open_high and value == 1):
-        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
-        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
-    return float(value)
 
 
 def check_noise(name: str, noise: nn.Module | None) -> nn.Module:

@@ -11,18 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ebm.energy.estimators.base import (
-    Estimator,
-    LogDensityModel,
-    check_batch,
-    check_noise,
-    check_positive_float,
-    check_whole_ratio,
-    noise_dims,
-    standard_normal,
-)
+from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, check_noise, noise_dims, standard_normal
 from ebm.energy.objective import energy_nce_loss, log_prob_joint
 from ebm.nce import classifier_accuracy, conditional_nce_loss, exponential_nce_loss, ranking_nce_loss
+from ebm.utils.checks import positive_float, whole_number
 
 
 def _log_ratios(model: LogDensityModel, noise: nn.Module, data: Tensor, noise_points: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,7 +34,7 @@ class _AgainstNoise(Estimator):
     def __init__(self, noise: nn.Module, noise_ratio: float = 4.0):
         super().__init__()
         self.noise = check_noise(self.name, noise)
-        self.noise_ratio = (check_whole_ratio if self.whole_ratio else check_positive_float)("noise_ratio", noise_ratio)
+        self.noise_ratio = (whole_number if self.whole_ratio else positive_float)("noise_ratio", noise_ratio)
 
     @classmethod
     def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
@@ -153,8 +145,8 @@ class ConditionalNCE(Estimator):
 
     def __init__(self, epsilon: float, noise_ratio: float = 4.0):
         super().__init__()
-        self.register_buffer("epsilon", torch.tensor(check_positive_float("epsilon", epsilon)))
-        self.noise_ratio = check_whole_ratio("noise_ratio", noise_ratio)
+        self.register_buffer("epsilon", torch.tensor(positive_float("epsilon", epsilon)))
+        self.noise_ratio = whole_number("noise_ratio", noise_ratio)
 
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None

@@ -13,18 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ebm.energy.estimators.base import (
-    Estimator,
-    LogDensityModel,
-    check_batch,
-    check_noise,
-    check_positive_float,
-    check_positive_int,
-    check_probability,
-    noise_dims,
-    uniform,
-)
+from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, check_noise, noise_dims, uniform
 from ebm.energy.langevin import langevin_sample
+from ebm.utils.checks import positive_float, positive_int, probability
 
 
 def contrastive_divergence_loss(log_prob_data: Tensor, log_prob_samples: Tensor) -> Tensor:
@@ -64,10 +55,10 @@ class ContrastiveDivergence(Estimator):
     ):
         super().__init__()
         self.noise = check_noise(self.name, noise)
-        self.steps = check_positive_int("cd_steps", steps)
-        self.step_size = check_positive_float("cd_step_size", step_size)
-        self.reinit = check_probability("cd_reinit", reinit)
-        chains = torch.zeros(check_positive_int("cd_buffer", buffer_size), noise_dims(self.name, self.noise))
+        self.steps = positive_int("cd_steps", steps)
+        self.step_size = positive_float("cd_step_size", step_size)
+        self.reinit = probability("cd_reinit", reinit)
+        chains = torch.zeros(positive_int("cd_buffer", buffer_size), noise_dims(self.name, self.noise))
         self.register_buffer("chains", chains)  # (buffer_size, D)
         self.started = False
 

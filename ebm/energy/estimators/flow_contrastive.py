@@ -21,15 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ebm.energy.estimators.base import (
-    Estimator,
-    LogDensityModel,
-    check_batch,
-    check_positive_float,
-    check_probability,
-)
+from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch
 from ebm.energy.flow import FlowNoise, fit_flow_noise
 from ebm.nce import classifier_accuracy, nce_logit, nce_objective
+from ebm.utils.checks import positive_float, probability
 
 FCE_RULES = ("accuracy", "both")
 
@@ -72,10 +67,10 @@ class FlowContrastiveEstimation(Estimator):
         if rule not in FCE_RULES:
             raise ValueError(f"unknown fce_rule {rule!r}; choose one of {', '.join(FCE_RULES)}")
         self.flow = flow.requires_grad_(True)
-        self.noise_ratio = check_positive_float("noise_ratio", noise_ratio)
+        self.noise_ratio = positive_float("noise_ratio", noise_ratio)
         self.rule = rule
-        self.threshold = check_probability("fce_threshold", threshold, open_low=True, open_high=True)
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=check_positive_float("fce_lr", lr))
+        self.threshold = probability("fce_threshold", threshold, open_low=True, open_high=True)
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=positive_float("fce_lr", lr))
         self.register_buffer("flow_turn", torch.tensor(False))
 
     @property

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, check_positive_float, uniform
+from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, uniform
+from ebm.utils.checks import positive_float
 
 
 def check_plane(points: Tensor) -> None:
@@ -71,7 +72,7 @@ class GridMaximumLikelihood(Estimator):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
             raise ValueError(f"mle_resolution must be an integer ≥ 2, got {resolution!r}")
         self.resolution = resolution
-        self.register_buffer("bound", torch.tensor(check_positive_float("bound", bound)))
+        self.register_buffer("bound", torch.tensor(positive_float("bound", bound)))
 
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None

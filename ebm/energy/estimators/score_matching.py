@@ -20,14 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ebm.energy.estimators.base import (
-    Estimator,
-    LogDensityModel,
-    check_batch,
-    check_positive_float,
-    check_positive_int,
-    standard_normal,
-)
+from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, standard_normal
+from ebm.utils.checks import positive_float, positive_int
 
 LogProb = Callable[[Tensor], Tensor]
 
@@ -67,7 +61,7 @@ class DenoisingScoreMatching(Estimator):
 
     def __init__(self, sigma: float = 0.1):
         super().__init__()
-        self.sigma = check_positive_float("dsm_sigma", sigma)
+        self.sigma = positive_float("dsm_sigma", sigma)
 
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
@@ -89,7 +83,7 @@ class SlicedScoreMatching(Estimator):
 
     def __init__(self, projections: int = 1):
         super().__init__()
-        self.projections = check_positive_int("ssm_projections", projections)
+        self.projections = positive_int("ssm_projections", projections)
 
     def loss(
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
