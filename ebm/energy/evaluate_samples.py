@@ -22,14 +22,12 @@ log Z itself; there the three agree.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ebm.energy.evaluate import chunked
-
-LogProb = Callable[[Tensor], Tensor]
+from ebm.protocols import LogProb
 
 
 def _check_inputs(test: Tensor, test_log_p: Tensor, bracket: tuple[float, float] | None) -> None:

@@ -10,12 +10,11 @@ O(η) bias. The normaliser of p does not enter, only its gradient.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-LogProb = Callable[[Tensor], Tensor]
+from ebm.protocols import LogProb
 
 
 def langevin_sample(

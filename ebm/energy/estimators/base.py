@@ -17,16 +17,12 @@ tensors (no device sync; call ``.item()`` when logging).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-
-class LogDensityModel(Protocol):
-    """What an estimator needs of the model: a differentiable log-density, (B, D) → (B,)."""
-
-    def log_prob(self, x: Tensor) -> Tensor: ...
+from ebm.protocols import LogDensityModel
 
 
 class Estimator(nn.Module, ABC):

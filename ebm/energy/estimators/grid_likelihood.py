@@ -12,13 +12,13 @@ points of D > 2 are refused with a ValueError naming the estimators that work th
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, uniform
+from ebm.energy.evaluate import Grid
 from ebm.utils.checks import positive_float
 
 
@@ -30,13 +30,6 @@ def check_plane(points: Tensor) -> None:
         others = ", ".join(name for name in ESTIMATORS if name != GridMaximumLikelihood.name)
         raise ValueError(f"mle integrates log Z on a 2D grid and needs points of shape (N, 2), got "
                          f"{tuple(points.shape)}; in D > 2 dimensions use one of {others}")
-
-
-def box_bound(points: Tensor, margin: float = 1.0) -> float:
-    """Half-width b of a box [−b, b]² holding the points (N, 2) with ``margin`` to spare, rounded up to a multiple
-    of ½."""
-    check_plane(points)
-    return math.ceil(2 * (points.detach().abs().max().item() + margin)) / 2
 
 
 def shifted_grid(bound: Tensor | float, resolution: int, offset: Tensor) -> Tensor:
@@ -60,8 +53,10 @@ class GridMaximumLikelihood(Estimator):
 
     @classmethod
     def build(cls, options: Any, noise: nn.Module | None, fit_points: Tensor | None, seed: int) -> Estimator:
-        """A grid over the box of ``fit_points`` (``box_bound``)."""
-        return cls(box_bound(fit_points) if fit_points is not None else 1.0, options.mle_resolution)
+        """A grid over the box of ``fit_points`` (``Grid.covering``'s, the evaluation's box)."""
+        if fit_points is not None:
+            check_plane(fit_points)
+        return cls(Grid.covering(fit_points.detach()).bound if fit_points is not None else 1.0, options.mle_resolution)
 
     @classmethod
     def needs_fit_points(cls, options: Any) -> bool:
@@ -87,4 +82,4 @@ class GridMaximumLikelihood(Estimator):
         return loss, {"log_normaliser": log_normaliser.detach()}
 
 
-__all__ = ["GridMaximumLikelihood", "box_bound", "check_plane", "shifted_grid"]
+__all__ = ["GridMaximumLikelihood", "check_plane", "shifted_grid"]

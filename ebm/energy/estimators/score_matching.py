@@ -14,16 +14,14 @@ Both need gradients with respect to x that stay differentiable in the parameters
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, standard_normal
+from ebm.protocols import LogProb
 from ebm.utils.checks import positive_float, positive_int
-
-LogProb = Callable[[Tensor], Tensor]
 
 
 def _score(log_prob: LogProb, x: Tensor) -> tuple[Tensor, Tensor]:
