@@ -19,12 +19,14 @@ flow contrastive estimation (``ebm.energy.estimators``), which trains the flow f
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 import zuko
 from torch import Tensor, nn
+
+from ebm.harness.schedule import scheduled_lr, set_lr
+from ebm.utils.checks import positive_float, positive_int
 
 
 @dataclass(frozen=True)
@@ -122,25 +124,22 @@ def fit_flow_noise(
     """
     if data.dim() != 2 or data.shape[1] < 1 or len(data) < 2:
         raise ValueError(f"data must have shape (N, D) with N ≥ 2 and D ≥ 1, got {tuple(data.shape)}")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value > 0):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    positive_int("steps", steps)
+    positive_int("batch_size", batch_size)
+    positive_float("lr", lr)
     data = data.detach().float().cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         noise = FlowNoise(data.mean(0), data.std(0), architecture)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(noise.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    for _ in range(steps):
+    for step in range(steps):
+        set_lr(optimizer, scheduled_lr(lr, step / steps, "cosine"))  # the package's one cosine, lr down to 0
         batch = data[torch.randint(len(data), (batch_size,), generator=generator)]  # (batch_size, D)
         loss = -noise.log_prob(batch).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
     return noise.requires_grad_(False)
 
 
