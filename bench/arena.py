@@ -79,7 +79,7 @@ IMAGES = ROOT / "images"
 MODES = ("steps", "time")
 
 RECIPE: dict[str, Any] = dict(epochs=4, batch_size=256, lr=5e-3, width=128, depth=3, activation="silu",
-                              base="noise", noise="gmm", eval_points=100_000, resolution=128)
+                              fourier_features=0, base="noise", noise="gmm", eval_points=100_000, resolution=128)
 STEP_BUDGET = 1000  # equal-steps mode: Adam steps of every run
 DEFAULT_SECONDS = 15.0  # equal-time mode: training seconds of every run
 
