@@ -13,7 +13,7 @@ import ebm.energy.noise as noise_module
 from ebm.data.toy import sample
 from ebm.energy.evaluate import Grid, grid_log_prob, plane_mass
 from ebm.energy.flow import FlowArchitecture, FlowNoise, fit_flow_noise
-from ebm.energy.noise import DEFENSIVE_WEIGHT, NOISE_CHOICES, empty_noise, make_noise
+from ebm.energy.noise import DEFENSIVE_WEIGHT, NOISE_NAMES, empty_noise, make_noise
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def data():
     return sample("8gaussians", 5000, torch.Generator().manual_seed(0))
 
 
-MIXTURES = tuple(name for name in NOISE_CHOICES if name != "flow")  # the flow has tests of its own (test_flow.py)
+MIXTURES = tuple(name for name in NOISE_NAMES if name != "flow")  # the flow has tests of its own (test_flow.py)
 
 
 @functools.cache
@@ -90,7 +90,7 @@ def test_gmm_has_a_broad_defensive_component(data):
     assert noise.log_prob(far).item() > -15
 
 
-@pytest.mark.parametrize("name", NOISE_CHOICES)
+@pytest.mark.parametrize("name", NOISE_NAMES)
 def test_state_dict_round_trip(name):
     noise = _fitted(name)
     restored = empty_noise(name)
@@ -162,7 +162,7 @@ def test_fixed_gaussian_in_d_dimensions_is_n_0_4i():
     torch.testing.assert_close(noise.log_prob(x).double(), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", NOISE_CHOICES)
+@pytest.mark.parametrize("name", NOISE_NAMES)
 def test_noises_normalise_in_d_dimensions(name):
     """E_r[q/r] = ∫q = 1 at D = 4 with a broad Gaussian r around the data, within five standard errors."""
     noise = _fitted_in_d(name)
@@ -176,7 +176,7 @@ def test_noises_normalise_in_d_dimensions(name):
     assert weights.mean().item() == pytest.approx(1.0, abs=5 * se)
 
 
-@pytest.mark.parametrize("name", NOISE_CHOICES)
+@pytest.mark.parametrize("name", NOISE_NAMES)
 def test_empty_noise_in_d_dimensions_restores_a_state_dict(name):
     noise = _fitted_in_d(name)
     restored = (empty_noise(name, dims=DIMS) if name != "flow"

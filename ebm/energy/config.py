@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ebm.data.toy import TOY_DATASETS
 from ebm.energy.estimators import ESTIMATOR_OPTION_FIELDS, ESTIMATORS, EstimatorOptions, estimator_class
 from ebm.energy.model import ACTIVATIONS
-from ebm.energy.noise import NOISE_CHOICES
+from ebm.energy.noise import NOISE_NAMES
 from ebm.harness import RunConfig, RunFolder, non_negative, option, positive
 
 BASE_CHOICES = ("noise", "none")
@@ -52,7 +52,7 @@ class EnergyConfig(RunConfig, EstimatorOptions):
     lr: float = option(5e-3, "Adam's peak learning rate, decayed to 0 by a cosine over all steps", check=positive)
     noise: str = option("gmm", "gaussian: the seed's N(0, 4I); fitted: the data's Gaussian; gmm: a fitted mixture "
                         "plus a broad defensive component; flow: a spline flow fitted by maximum likelihood",
-                        choices=NOISE_CHOICES)
+                        choices=NOISE_NAMES)
     noise_components: int = option(8, "components of the gmm noise", check=positive)
     noise_widen: float = option(1.5, "factor on the fitted noise covariances", check=positive)
     width: int = option(128, "hidden units per layer of the energy MLP", check=positive)

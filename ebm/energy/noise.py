@@ -128,11 +128,11 @@ def fitted_mixture(data: Tensor, components: int = 8, widen: float = 1.5, seed: 
     )
 
 
-NOISE_CHOICES = ("gaussian", "fitted", "gmm", "flow")
+NOISE_NAMES = ("gaussian", "fitted", "gmm", "flow")
 
 
 def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5, seed: int = 0) -> nn.Module:
-    """Build the noise ``name`` (one of NOISE_CHOICES) in the dimension D of ``data`` (N, D), fitted to the data
+    """Build the noise ``name`` (one of NOISE_NAMES) in the dimension D of ``data`` (N, D), fitted to the data
     where it needs them (gaussian only reads D).
 
     ``widen`` multiplies the fitted covariances (fitted, gmm); ``components`` is K for gmm; ``seed`` seeds the
@@ -147,14 +147,14 @@ def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5,
         return fitted_mixture(data, components, widen, seed)
     if name == "flow":
         return fit_flow_noise(data, seed=seed)
-    raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_NAMES)}")
 
 
 def empty_noise(name: str, components: int = 8, dims: int = 2) -> nn.Module:
     """A noise module of the right shapes for ``name`` in ``dims`` dimensions, to restore from a state dict
     without refitting (``components``: the gmm's K, as given to ``make_noise``)."""
-    if name not in NOISE_CHOICES:
-        raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    if name not in NOISE_NAMES:
+        raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_NAMES)}")
     if name == "flow":
         return FlowNoise.empty(dims=dims)
     return GaussianMixtureNoise.empty(components + 1 if name == "gmm" else 1, dims)
