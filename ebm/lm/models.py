@@ -104,6 +104,40 @@ class FeatureLM(nn.Module):
     input ``embedding`` (``nn.Embedding``) and an ``output`` layer that owns the loss. Subclasses define
     ``forward``; this class gives them the interface the training loop and evaluation call."""
 
+    @staticmethod
+    def dropout_rates(dropout: float, embedding: float | None, between: float | None,
+                      output: float | None) -> tuple[float, float, float]:
+        """The (embedding, between, output) dropout rates, each ``dropout`` where None; all in [0, 1)."""
+        rates = {"dropout": dropout, "dropout_embedding": embedding, "dropout_between": between,
+                 "dropout_output": output}
+        rates = {name: dropout if rate is None else rate for name, rate in rates.items()}
+        for name, rate in rates.items():
+            if not 0 <= rate < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        return rates["dropout_embedding"], rates["dropout_between"], rates["dropout_output"]
+
+    def attach_output(self, features: int, out_size: int, output: nn.Module, tie_weights: bool) -> None:
+        """A projection from ``features`` to ``out_size`` when they differ, the output layer, and the input
+        embedding tied to the output's weight (or initialised U(−0.1, 0.1))."""
+        if tie_weights and out_size != self.embedding.embedding_dim:
+            raise ValueError(f"tie_weights needs out_size == emb_size, got {out_size} and "
+                             f"{self.embedding.embedding_dim}")
+        self.proj = nn.Linear(features, out_size) if out_size != features else nn.Identity()
+        self.output = output
+        if tie_weights:
+            self.tie_embedding()
+        else:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+
+    def shard_dropout(self, generator: torch.Generator | None, index: int = 0, shards: int = 1,
+                      real_rows: int | None = None) -> None:
+        """Draw the next training passes' dropout masks from ``generator`` for a global batch of ``real_rows``
+        (None: shards × the input's rows), of which the input is shard ``index`` of ``shards`` (every
+        ``BatchDropout`` of the network). None: torch's global generator, the input's rows only."""
+        for module in self.modules():
+            if isinstance(module, BatchDropout):
+                module.shard = None if generator is None else (generator, index, shards, real_rows)
+
     def tie_embedding(self) -> None:
         """The input embedding becomes the output layer's (V, E) ``weight`` (one parameter)."""
         if not isinstance(getattr(self.output, "weight", None), nn.Parameter):
@@ -190,27 +224,14 @@ class RNNLM(FeatureLM):
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
         if min(vocab_size, emb_size, hidden_size, num_layers) <= 0:
             raise ValueError("vocab_size, emb_size, hidden_size and num_layers must be positive")
-        rates = {name: dropout if rate is None else rate for name, rate in
-                 (("dropout", dropout), ("dropout_embedding", dropout_embedding),
-                  ("dropout_between", dropout_between), ("dropout_output", dropout_output))}
-        for name, rate in rates.items():
-            if not 0 <= rate < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {rate}")
-        out_size = out_size or (emb_size if tie_weights else hidden_size)
-        if tie_weights and out_size != emb_size:
-            raise ValueError(f"tie_weights needs out_size == emb_size, got {out_size} and {emb_size}")
+        embedding, between, out = self.dropout_rates(dropout, dropout_embedding, dropout_between, dropout_output)
         self.embedding = nn.Embedding(vocab_size, emb_size, sparse=sparse)
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(emb_size, hidden_size, num_layers, batch_first=True)
-        self.drop_embedding = BatchDropout(rates["dropout_embedding"], locked_dropout)
-        self.drop_between = BatchDropout(rates["dropout_between"] if num_layers > 1 else 0.0)
-        self.drop_output = BatchDropout(rates["dropout_output"], locked_dropout)
-        self.proj = nn.Linear(hidden_size, out_size) if out_size != hidden_size else nn.Identity()
-        self.output = output
-        if tie_weights:
-            self.tie_embedding()
-        else:
-            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        self.drop_embedding = BatchDropout(embedding, locked_dropout)
+        self.drop_between = BatchDropout(between if num_layers > 1 else 0.0)
+        self.drop_output = BatchDropout(out, locked_dropout)
+        self.attach_output(hidden_size, out_size or (emb_size if tie_weights else hidden_size), output, tie_weights)
 
     def forward(self, input: Tensor, state: State = None) -> tuple[Tensor, State]:
         """(B, T) indices → features (B, T, out_size) and the new recurrent state."""
@@ -241,14 +262,6 @@ class RNNLM(FeatureLM):
                 x = self.drop_between(x)
         joined = tuple(torch.cat(parts) for parts in zip(*finals, strict=True))  # (layers, B, H) each
         return x, joined if lstm else joined[0]
-
-    def shard_dropout(self, generator: torch.Generator | None, index: int = 0, shards: int = 1,
-                      real_rows: int | None = None) -> None:
-        """Draw the next training passes' dropout masks from ``generator`` for a global batch of ``real_rows``
-        (None: shards × the input's rows), of which the input is shard ``index`` of ``shards`` (BatchDropout).
-        None: torch's global generator, the input's rows only."""
-        for module in (self.drop_embedding, self.drop_between, self.drop_output):
-            module.shard = None if generator is None else (generator, index, shards, real_rows)
 
 
 class GenericNCELM(nn.Module):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebm.lm.models import FeatureLM, LockedDropout, State
+from ebm.lm.models import BatchDropout, FeatureLM, State
 
 POSITIONS = ("sinusoidal", "learned")
 
@@ -124,12 +124,7 @@ class TransformerLM(FeatureLM):
             raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
         if min(vocab_size, emb_size, num_layers, heads, max_length, ffn_size or 1) <= 0:
             raise ValueError("vocab_size, emb_size, num_layers, heads, ffn_size and max_length must be positive")
-        rates = [dropout if rate is None else rate for rate in (dropout_embedding, dropout_between, dropout_output)]
-        if not all(0 <= rate < 1 for rate in [dropout, *rates]):
-            raise ValueError(f"dropout rates must be in [0, 1), got {dropout} and {rates}")
-        out_size = out_size or emb_size
-        if tie_weights and out_size != emb_size:
-            raise ValueError(f"tie_weights needs out_size == emb_size, got {out_size} and {emb_size}")
+        rates = self.dropout_rates(dropout, dropout_embedding, dropout_between, dropout_output)
         self.emb_size, self.max_length = emb_size, max_length
         self.embedding = nn.Embedding(vocab_size, emb_size, sparse=sparse)
         table = sinusoidal_positions(max_length, emb_size)  # (L, E)
@@ -137,17 +132,12 @@ class TransformerLM(FeatureLM):
             self.positions = nn.Parameter(table)
         else:
             self.register_buffer("positions", table, persistent=False)
-        drop = LockedDropout if locked_dropout else nn.Dropout
-        self.drop_embedding, self.drop_output = drop(rates[0]), drop(rates[2])
+        self.drop_embedding = BatchDropout(rates[0], locked_dropout)
+        self.drop_output = BatchDropout(rates[2], locked_dropout)
         self.blocks = nn.ModuleList(Block(emb_size, heads, ffn_size or 4 * emb_size, rates[1])
                                     for _ in range(num_layers))
         self.norm = nn.LayerNorm(emb_size)
-        self.proj = nn.Linear(emb_size, out_size) if out_size != emb_size else nn.Identity()
-        self.output = output
-        if tie_weights:
-            self.tie_embedding()
-        else:
-            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        self.attach_output(emb_size, out_size or emb_size, output, tie_weights)
 
     def forward(self, input: Tensor, state: State = None) -> tuple[Tensor, None]:
         """(B, T) indices → features (B, T, out_size) and None (no state: ``state`` is ignored)."""
