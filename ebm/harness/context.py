@@ -111,10 +111,13 @@ class DistributedContext:
         return self.rank == 0
 
     def run(self, what: str, collective: Callable[[], _T]) -> _T:
-        """``collective()``; a failure re-raised as a RuntimeError naming this rank, what failed and why."""
+        """``collective()``; a failure re-raised as a RuntimeError naming this rank, what failed and why (in one
+        process the error goes up as it is: there is no other rank to blame)."""
         try:
             return collective()
         except RuntimeError as error:
+            if self.world_size == 1:
+                raise
             where = f"rank {self.rank} of {self.world_size}: {what} failed"
             if lost_peer(error):
                 raise RuntimeError(f"{where}; another rank has probably exited (see its error above) or stopped "
