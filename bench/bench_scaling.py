@@ -49,10 +49,9 @@ MODEL = ["--num-layers", "2", "--emb-size", "200", "--hidden-size", "200", "--ba
 def _dataset(name: str) -> list[str]:
     if name == "synthetic":
         return ["--dataset", "synthetic", "--synthetic-vocab", "10000", "--synthetic-tokens", "300000"]
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_lm import wikitext_folder  # the shared benchmark folder (links, never copies)
+    from ebm.data.layout import heldout_layout  # the benchmarks' held-out layout (test.txt read once, at the end)
 
-    return ["--dataset", str(wikitext_folder(WIKITEXT))]
+    return ["--dataset", str(heldout_layout(WIKITEXT, RESULTS / "wikitext-2-heldout"))]
 
 
 def _run(args: list[str], out: Path, processes: int = 1) -> list[dict]:
