@@ -14,10 +14,10 @@ import torch
 from scipy.signal import lfilter
 from scipy.stats import chi2, norm
 from torch import nn
-from torch.distributions import MultivariateNormal
 
 from ebm.energy.evaluate import Grid
 from ebm.energy.model import EnergyMLP
+from ebm.energy.noise import GaussianMixtureNoise
 from ebm.energy.sampling import (
     effective_sample_size,
     grid_sample,
@@ -213,27 +213,13 @@ def test_rhat_is_one_for_mixed_chains_and_large_for_stuck_ones():
     assert (split_rhat(trend) > 1.1).all()  # a single drifting chain: only splitting sees it
 
 
-class Gaussian(nn.Module):
-    """N(loc, cov) in D dimensions with the noise protocol: ``sample(shape, generator)`` and ``log_prob``."""
-
-    def __init__(self, loc: torch.Tensor, cov: torch.Tensor):
-        super().__init__()
-        self.loc, self.scale_tril = loc, torch.linalg.cholesky(cov)
-
-    def sample(self, shape, generator=None):
-        z = torch.randn(*shape, len(self.loc), 1, generator=generator, dtype=self.loc.dtype)
-        return self.loc + (self.scale_tril @ z).squeeze(-1)
-
-    def log_prob(self, x):
-        return MultivariateNormal(self.loc, scale_tril=self.scale_tril).log_prob(x)
-
-
 @pytest.mark.parametrize("dims", [2, 3])
 def test_model_sample_is_its_base_when_the_network_is_zero(dims):
     """With the last layer zeroed, p = base exactly; both methods reproduce the base's mean and covariance."""
     mean = torch.linspace(-1, 1, dims)
     cov = 0.5 * torch.eye(dims) + 0.3
-    model = EnergyMLP(width=16, depth=2, base=Gaussian(mean, cov), dims=dims)
+    base = GaussianMixtureNoise(torch.zeros(1), mean[None], torch.linalg.cholesky(cov)[None])  # one component
+    model = EnergyMLP(width=16, depth=2, base=base, dims=dims)
     nn.init.zeros_(model.net[-1].weight), nn.init.zeros_(model.net[-1].bias)
     generator = torch.Generator().manual_seed(0)
     methods = ["grid", "mala"] if dims == 2 else ["mala"]
