@@ -9,6 +9,8 @@ built on ``torch.distributions``; ``state_dict`` carries everything, so a checkp
               broad "defensive" component (the data's Gaussian, twice as wide, 5% of the mass)
     flow      a neural spline flow (zuko) fitted to the data by maximum likelihood, then frozen
               (``ebm.energy.flow``)
+    pairs     a product of 2D Gaussian mixtures (each like gmm's) in a basis fitted by independent subspace
+              analysis: for data made of independent 2D parts, as the ``--dims D`` sets (``ebm.energy.pairs``)
 
 The defensive component keeps q away from zero between and around the modes. Without it, NCE sees almost no
 noise points where the fitted mixture has no mass, so nothing pushes the model's density down there: a
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from ebm.energy.flow import FlowNoise, fit_flow_noise
+from ebm.energy.pairs import PairMixtureNoise, fit_pair_mixture
 
 
 def _check_data(data: Tensor) -> None:
@@ -128,15 +131,15 @@ def fitted_mixture(data: Tensor, components: int = 8, widen: float = 1.5, seed: 
     )
 
 
-NOISE_NAMES = ("gaussian", "fitted", "gmm", "flow")
+NOISE_NAMES = ("gaussian", "fitted", "gmm", "flow", "pairs")
 
 
 def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5, seed: int = 0) -> nn.Module:
     """Build the noise ``name`` (one of NOISE_NAMES) in the dimension D of ``data`` (N, D), fitted to the data
     where it needs them (gaussian only reads D).
 
-    ``widen`` multiplies the fitted covariances (fitted, gmm); ``components`` is K for gmm; ``seed`` seeds the
-    mixture's EM starts and the flow's fit.
+    ``widen`` multiplies the fitted covariances (fitted, gmm, pairs); ``components`` is K for gmm and per pair for
+    pairs; ``seed`` seeds the mixtures' EM starts, the pairs' ICA and the flow's fit.
     """
     _check_data(data)
     if name == "gaussian":
@@ -147,14 +150,18 @@ def make_noise(name: str, data: Tensor, components: int = 8, widen: float = 1.5,
         return fitted_mixture(data, components, widen, seed)
     if name == "flow":
         return fit_flow_noise(data, seed=seed)
+    if name == "pairs":
+        return fit_pair_mixture(data, components, widen, seed)
     raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_NAMES)}")
 
 
 def empty_noise(name: str, components: int = 8, dims: int = 2) -> nn.Module:
     """A noise module of the right shapes for ``name`` in ``dims`` dimensions, to restore from a state dict
-    without refitting (``components``: the gmm's K, as given to ``make_noise``)."""
+    without refitting (``components``: the gmm's or each pair's K, as given to ``make_noise``)."""
     if name not in NOISE_NAMES:
         raise ValueError(f"unknown noise {name!r}; choose one of {', '.join(NOISE_NAMES)}")
     if name == "flow":
         return FlowNoise.empty(dims=dims)
+    if name == "pairs":
+        return PairMixtureNoise.empty(components + 1, dims)
     return GaussianMixtureNoise.empty(components + 1 if name == "gmm" else 1, dims)
