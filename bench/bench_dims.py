@@ -21,7 +21,8 @@ does not trust the learned normaliser (grid, or the bracket's interval) is the o
 with the learned log Z is shown beside it for the estimators that learn log Z (nce, fce), and is meaningless for
 the others (their log_z gets no gradient).
 
-Contestants (``CONTESTANTS``): NCE against the gmm noise and against the spline flow, conditional NCE, flow
+Contestants (``CONTESTANTS``): NCE against the gmm noise, the spline flow and the pair noise (a product of 2D
+mixtures in a fitted basis, ``ebm.energy.pairs``), conditional NCE, flow
 contrastive estimation, denoising score matching and contrastive divergence, with the settings the 2D arena
 (bench/arena.py) found usable: dsm from a plain MLP, cd at Adam 2e-3 with Langevin steps of 0.003.
 
@@ -47,6 +48,7 @@ from typing import Any
 import torch
 
 from ebm.energy import EnergyConfig, train_energy
+from ebm.energy.assess import ais_distributions
 from ebm.energy.estimators import estimator_class
 from ebm.harness import TrainingDiverged
 
@@ -60,13 +62,17 @@ RECIPE: dict[str, Any] = dict(epochs=4, batch_size=256, lr=5e-3, width=128, dept
 CONTESTANTS: dict[str, dict[str, Any]] = {  # name → EnergyConfig fields on top of RECIPE
     "nce-gmm": dict(estimator="nce"),
     "nce-flow": dict(estimator="nce", noise="flow"),
+    # the pair noise as fitted (no widening; 16 components per pair for pinwheel's arms) and x without Fourier
+    # features: tried on pinwheel and 8gaussians at D = 16, seed 0 (widen 1.5, 8 components and the features: 3×
+    # the KL on pinwheel)
+    "nce-pairs": dict(estimator="nce", noise="pairs", noise_widen=1.0, noise_components=16, fourier_features=0),
     "cnce": dict(estimator="cnce"),
     "fce": dict(estimator="fce"),
     "dsm": dict(estimator="dsm", base="none"),
     "cd": dict(estimator="cd", lr=2e-3, cd_step_size=0.003),
 }
 METRICS = ("kl", "kl_stderr", "kl_lower", "kl_upper", "log_z", "log_z_lower", "log_z_upper", "log_z_error",
-           "log_normaliser", "normaliser_error", "test_nll", "entropy", "step", "partial", "train_seconds")
+           "log_normaliser", "normaliser_error", "test_nll", "entropy", "partial", "train_seconds")
 
 
 def make_config(name: str, dataset: str, dims: int, args: argparse.Namespace, out: str) -> EnergyConfig:
@@ -74,7 +80,8 @@ def make_config(name: str, dataset: str, dims: int, args: argparse.Namespace, ou
     settings = {**RECIPE, **CONTESTANTS[name]}
     settings["samples"] = max(1, args.steps // settings["epochs"]) * settings["batch_size"]
     return EnergyConfig(dataset=dataset, dims=dims, seed=args.seed, out=out, frames="none", progress=False,
-                        threads=1, time_budget=args.seconds, eval_points=args.eval_points, **settings)
+                        threads=1, time_budget=args.seconds, eval_points=args.eval_points,
+                        ais_distributions=args.ais_distributions, **settings)
 
 
 def run_one(name: str, dataset: str, dims: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -88,15 +95,16 @@ def run_one(name: str, dataset: str, dims: int, args: argparse.Namespace, workdi
     except TrainingDiverged as error:
         final, diverged = {"kl": math.inf}, str(error)
     return {"contestant": name, "dataset": dataset, "dims": dims, "seed": args.seed, "budget_seconds": args.seconds,
-            "schedule_steps": args.steps, "eval_points": args.eval_points,
+            "schedule_steps": args.steps, "eval_points": args.eval_points, "ais_request": args.ais_distributions,
             "learns_log_z": estimator_class(config.estimator).learns_log_z,
             **{key: final.get(key, math.nan) for key in METRICS},
+            "step": final.get("steps", math.nan),  # the final record's count (an epoch's "step" needs a whole epoch)
             "seconds": time.perf_counter() - started, "load": os.getloadavg()[0], "diverged": diverged}
 
 
 def _key(row: dict[str, Any]) -> tuple:
     return (row["contestant"], row["dataset"], row["dims"], row["seed"], row["budget_seconds"],
-            row["schedule_steps"], row["eval_points"])
+            row["schedule_steps"], row["eval_points"], row.get("ais_request"))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -121,7 +129,7 @@ def run_bench(args: argparse.Namespace, path: Path) -> list[dict[str, Any]]:
                 for name in args.contestants:
                     probe = {"contestant": name, "dataset": dataset, "dims": dims, "seed": args.seed,
                              "budget_seconds": args.seconds, "schedule_steps": args.steps,
-                             "eval_points": args.eval_points}
+                             "eval_points": args.eval_points, "ais_request": args.ais_distributions}
                     if any(_key(row) == _key(probe) for row in rows):
                         continue
                     row = run_one(name, dataset, dims, args, Path(tmp))
@@ -135,11 +143,20 @@ def run_bench(args: argparse.Namespace, path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- reporting
 
 
+CROSSED = 0.05  # nats: AIS bounds crossed by more than this say the reverse chains never sampled the model
+
+
+def bracket_failed(row: dict[str, Any]) -> bool:
+    """Beyond 2D, whether the AIS "bounds" crossed (lower above upper by more than CROSSED): no bracket at all."""
+    return row["dims"] > 2 and not row.get("diverged") and row["log_z_lower"] - row["log_z_upper"] > CROSSED
+
+
 def honest_kl(row: dict[str, Any]) -> float:
-    """The KL that does not trust the learned log Z: the grid's in 2D, the middle of the AIS interval beyond."""
+    """The KL that does not trust the learned log Z: the grid's in 2D, the middle of the AIS interval beyond
+    (NaN where the bounds crossed)."""
     if row["dims"] == 2 or row.get("diverged"):
         return row["kl"]
-    return (row["kl_lower"] + row["kl_upper"]) / 2
+    return math.nan if bracket_failed(row) else (row["kl_lower"] + row["kl_upper"]) / 2
 
 
 def log_z_error(row: dict[str, Any]) -> float:
@@ -157,7 +174,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown, a line per run: KL per 2D copy and in all (grid in 2D, AIS interval beyond), the KL with the
     learned log Z where it is learned, the learned log Z's error, the bracket's width, steps and seconds."""
     lines = ["| dataset | D | estimator | KL per copy | KL in all | KL, AIS interval | KL, learned log Z | "
-             "log Z error | bracket width | steps | train s | s in all |", "|---" * 12 + "|"]
+             "log Z error | bracket width | AIS K | steps | train s | s in all |", "|---" * 13 + "|"]
     order = {name: i for i, name in enumerate(CONTESTANTS)}
     for row in sorted(rows, key=lambda r: (r["dataset"], r["dims"], order.get(r["contestant"], 99))):
         kl, copies = honest_kl(row), row["dims"] / 2
@@ -166,8 +183,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         learned = f"{_number(row['kl'])} ± {_number(row['kl_stderr'], 2)}" if row["learns_log_z"] else "free"
         error = _number(log_z_error(row)) if row["learns_log_z"] else "free"
         width = _number(row["log_z_upper"] - row["log_z_lower"]) if beyond else "–"
-        lines.append(f"| {row['dataset']} | {row['dims']} | {row['contestant']} | {_number(kl / copies)} | "
-                     f"{_number(kl)} | {interval} | {learned} | {error} | {width} | {row['step']} | "
+        ais = ais_distributions(row.get("ais_request"), row["dims"]) if beyond else "–"
+        per_copy = "bounds crossed" if bracket_failed(row) else _number(kl / copies)
+        lines.append(f"| {row['dataset']} | {row['dims']} | {row['contestant']} | {per_copy} | "
+                     f"{_number(kl)} | {interval} | {learned} | {error} | {width} | {ais} | {row['step']} | "
                      f"{_number(row['train_seconds'])} | {row['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -179,12 +198,15 @@ def header(rows: list[dict[str, Any]]) -> str:
             f"cosine schedule, whichever ends first), seed {first['seed']}, {first['eval_points']} test points; "
             f"{len(rows)} runs; torch {torch.__version__}, one thread; load average at the runs' ends "
             f"{min(loads):.1f}–{max(loads):.1f}. KL in nats: the grid's in 2D, the middle of the interval the AIS "
-            f"bracket on log Z implies beyond; log Z error: learned minus exact (2D) or distance outside the bracket.")
+            f"bracket on log Z implies beyond (\"bounds crossed\": the reverse chains never sampled the model, no "
+            f"bracket); log Z error: learned minus exact (2D) or distance outside the bracket.")
 
 
 def figure(rows: list[dict[str, Any]], path: Path) -> None:
     """KL per 2D copy against D, one panel per dataset, a line per contestant (log scale; the AIS interval as
-    error bars); dashed: the KL with the learned log Z, for the contestants that learn it."""
+    error bars); dashed: the KL with the learned log Z, for the contestants that learn it. Only the runs at the
+    first row's budget and the default AIS: one point per contestant and D."""
+    rows = [r for r in rows if r["budget_seconds"] == rows[0]["budget_seconds"] and not r.get("ais_request")]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +223,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
                 continue
             dims = [r["dims"] for r in mine]
             per_copy = [honest_kl(r) / (r["dims"] / 2) for r in mine]
-            spread = [0.0 if r["dims"] == 2 else (r["kl_upper"] - r["kl_lower"]) / r["dims"] for r in mine]
+            spread = [0.0 if r["dims"] == 2 else max(0.0, r["kl_upper"] - r["kl_lower"]) / r["dims"] for r in mine]
             colour = f"C{i}"
             ax.errorbar(dims, per_copy, yerr=spread, color=colour, marker="o", ms=3, capsize=2, label=name)
             if mine[0]["learns_log_z"]:
@@ -235,6 +257,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6000, help="steps of the cosine schedule (the most a run takes)")
     parser.add_argument("--eval-points", type=int, default=20_000, help="test points of the final evaluation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ais-distributions", type=int, default=None,
+                        help="K of the AIS bracket beyond 2D (default: the loop's)")
     parser.add_argument("--quick", action="store_true", help="a tiny rehearsal: D 2 4, 8gaussians, nce-gmm and dsm, "
                         "3 s, 200 steps, 2000 test points; results, table and figure in a temporary folder")
     parser.add_argument("--report", action="store_true", help="only the table and the figure, from the saved results")
