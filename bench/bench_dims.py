@@ -194,8 +194,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 def header(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     loads = [r["load"] for r in rows]
-    return (f"equal wall-clock: {first['budget_seconds']:g} s of training per run (or a {first['schedule_steps']}-step "
-            f"cosine schedule, whichever ends first), seed {first['seed']}, {first['eval_points']} test points; "
+    return (f"equal wall-clock: {first['budget_seconds']:g} s of training per run unless its train s says more (or a "
+            f"{first['schedule_steps']}-step cosine schedule, whichever ends first), seed {first['seed']}, "
+            f"{first['eval_points']} test points; "
             f"{len(rows)} runs; torch {torch.__version__}, one thread; load average at the runs' ends "
             f"{min(loads):.1f}–{max(loads):.1f}. KL in nats: the grid's in 2D, the middle of the interval the AIS "
             f"bracket on log Z implies beyond (\"bounds crossed\": the reverse chains never sampled the model, no "
