@@ -136,10 +136,13 @@ def test_an_out_that_is_a_file_or_a_negative_seed_is_refused_before_any_work(tmp
     assert (tmp_path / "taken").read_text() == "not a run" and not (tmp_path / "s").exists()
 
 
-def test_beyond_the_plane_kl_is_the_sample_estimate_and_ais_brackets_log_z(tmp_path):
+@pytest.mark.parametrize("noise", ["fitted", "pairs"])
+def test_beyond_the_plane_kl_is_the_sample_estimate_and_ais_brackets_log_z(tmp_path, noise):
     """D = 4: the final KL is E_test[log p_data − log p_model] on the run's test points (recomputed here from the
-    saved model and the exact density), and the AIS bracket on log Z is reported around it."""
-    config = _config(tmp_path, dataset="8gaussians", dims=4, epochs=1, ais_distributions=20, ais_chains=64)
+    saved model, its noise restored from the checkpoint, and the exact density), and the AIS bracket on log Z is
+    reported around it."""
+    config = _config(tmp_path, dataset="8gaussians", dims=4, epochs=1, ais_distributions=20, ais_chains=64,
+                     noise=noise)
     result = train_energy(config)
     model = load_model(config.run_dir)
     test = toy.sample("8gaussians", config.eval_points, torch.Generator().manual_seed(config.seed + 1_000_003), dims=4)
@@ -147,7 +150,8 @@ def test_beyond_the_plane_kl_is_the_sample_estimate_and_ais_brackets_log_z(tmp_p
         gap = (toy.log_prob("8gaussians", test).double() - model.log_prob(test).double())
     assert result["kl"] == pytest.approx(gap.mean().item(), rel=1e-5)
     assert result["kl_per_copy"] == pytest.approx(result["kl"] / 2)
-    assert result["log_z_lower"] <= result["log_z_upper"] and result["ais_distributions"] == 21
+    slack = 3 * max(result["ais_lower_stderr"], result["ais_upper_stderr"])  # the bounds are stochastic
+    assert result["log_z_lower"] <= result["log_z_upper"] + slack and result["ais_distributions"] == 21
     assert result["kl_lower"] == pytest.approx(gap.mean().item() - model.log_z.item() + result["log_z_lower"], rel=1e-5)
     assert "normaliser_error" not in result and not (config.run_dir / "frames").exists()
 
