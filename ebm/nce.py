@@ -27,8 +27,9 @@ def _check_noise_ratio(noise_ratio: float) -> None:
         raise ValueError(f"noise_ratio must be positive, got {noise_ratio}")
 
 
-def nce_logit(log_model: Tensor, log_noise: Tensor, noise_ratio: float) -> Tensor:
-    """The classifier's logit G = log p_model − log q − log ν (any matching shapes)."""
+def nce_logit(log_model: Tensor, log_noise: Tensor | float, noise_ratio: float) -> Tensor:
+    """The classifier's logit G = log p_model − log q − log ν (any matching shapes; log q = 0 when log_model is
+    already the log-ratio log p_model − log q)."""
     _check_noise_ratio(noise_ratio)
     return log_model - log_noise - math.log(noise_ratio)
 

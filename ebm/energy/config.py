@@ -17,6 +17,7 @@ from ebm.energy.noise import NOISE_NAMES
 from ebm.harness import RunConfig, RunFolder, non_negative, option, positive
 
 BASE_CHOICES = ("noise", "none")
+ENERGY_NETS = ("mlp", "pairs")
 
 
 def _even_dims(name: str, value: int) -> None:
@@ -55,6 +56,9 @@ class EnergyConfig(RunConfig, EstimatorOptions):
                         choices=NOISE_NAMES)
     noise_components: int = option(8, "components of the gmm noise", check=positive)
     noise_widen: float = option(1.5, "factor on the fitted noise covariances", check=positive)
+    energy: str = option("mlp", "mlp: one MLP on all D coordinates; pairs: a sum of D/2 MLPs g(x) = Σ_j g_j(s_j), "
+                         "one per pair of the pair noise's basis s = W(x − μ) (needs --noise pairs; assumes "
+                         "independent 2D parts, and its normaliser is then exact in any D)", choices=ENERGY_NETS)
     width: int = option(128, "hidden units per layer of the energy MLP", check=positive)
     depth: int = option(6, "hidden layers of the energy MLP", check=positive)
     fourier_features: int = option(64, "random Fourier features γ(x) = [x, sin 2πxB, cos 2πxB] the MLP reads (0 = "
@@ -85,6 +89,8 @@ class EnergyConfig(RunConfig, EstimatorOptions):
             others = ", ".join(name for name, cls in ESTIMATORS.items() if not cls.plane_only)
             raise ValueError(f"estimator {self.estimator} works in 2D only (it integrates log Z on a grid); "
                              f"at dims {self.dims} use one of {others}")
+        if self.energy == "pairs" and self.noise != "pairs":
+            raise ValueError(f"--energy pairs reads the pair noise's basis: use --noise pairs (got {self.noise})")
         if estimator_class(self.estimator).whole_ratio and self.noise_ratio != round(self.noise_ratio):
             raise ValueError(f"{self.estimator} draws a whole number of noise points per data point; "
                              f"noise_ratio {self.noise_ratio} is not one")
@@ -97,4 +103,4 @@ class EnergyConfig(RunConfig, EstimatorOptions):
         return RunFolder(self.run_dir, frames)
 
 
-__all__ = ["BASE_CHOICES", "EnergyConfig"]
+__all__ = ["BASE_CHOICES", "ENERGY_NETS", "EnergyConfig"]

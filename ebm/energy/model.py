@@ -18,6 +18,10 @@ Optionally the MLP reads random Fourier features of x (Tancik et al. 2020),
     γ(x) = [x, sin(2π xB), cos(2π xB)],   B (D, m) ~ N(0, σ²), fixed,
 
 which let a smooth network draw sharp edges (the checkerboard's) that it would otherwise blur.
+
+Given a pair basis (μ, W) (the pair noise's, ``ebm.energy.pairs``), the MLP is replaced by a sum of D/2 small MLPs on
+the pairs of s = W(x − μ), g(x) = Σ_j g_j(s_j) (``ebm.energy.pair_energy.PairSumNet``): a model that assumes the data
+has independent 2D parts, whose normaliser can then be computed exactly in any dimension.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ebm.energy.evaluate import Grid
+from ebm.energy.pair_energy import PairSumNet
 from ebm.energy.sampling import grid_sample, mala
 
 ACTIVATIONS = {"silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "relu": nn.ReLU, "tanh": nn.Tanh}
@@ -56,21 +61,30 @@ class EnergyMLP(nn.Module):
         dims: D, the dimension of the points.
         fourier_features: m, random Fourier features the MLP reads besides x (0: x alone).
         fourier_scale: σ, the spread of their frequencies (cycles per unit length).
+        basis: (μ (D,), W (D, D)) for a ``PairSumNet`` energy instead of one MLP: ``width`` and ``depth`` are then
+            each pair's, and the Fourier features are of the pair's two coordinates.
     """
 
     def __init__(
         self, width: int = 128, depth: int = 6, activation: str = "silu", base: nn.Module | None = None, dims: int = 2,
-        fourier_features: int = 0, fourier_scale: float = 1.0,
+        fourier_features: int = 0, fourier_scale: float = 1.0, basis: tuple[Tensor, Tensor] | None = None,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if width < 1 or depth < 1 or dims < 1:
             raise ValueError(f"width, depth and dims must be positive, got width={width}, depth={depth}, dims={dims}")
-        layers: list[nn.Module] = [FourierFeatures(dims, fourier_features, fourier_scale)] if fourier_features else []
-        for i in range(depth):
-            layers += [nn.Linear(dims + 2 * fourier_features if i == 0 else width, width), ACTIVATIONS[activation]()]
-        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        inputs = 2 if basis is not None else dims  # what one MLP reads
+        features = FourierFeatures(inputs, fourier_features, fourier_scale) if fourier_features else nn.Identity()
+        if basis is not None:
+            self.net = PairSumNet(*basis, width, depth, ACTIVATIONS[activation], features,
+                                  inputs + 2 * fourier_features)
+        else:
+            layers: list[nn.Module] = [features] if fourier_features else []
+            for i in range(depth):
+                layers += [nn.Linear(inputs + 2 * fourier_features if i == 0 else width, width),
+                           ACTIVATIONS[activation]()]
+            self.net = nn.Sequential(*layers, nn.Linear(width, 1))
         self.log_z = nn.Parameter(torch.zeros(()))
         self.base = base
         self.dims = dims
@@ -79,6 +93,10 @@ class EnergyMLP(nn.Module):
         """f(x) = g(x) [− log b(x) with a base]: (B, D) → (B,)."""
         g = self.net(x).squeeze(-1)  # (B,)
         return g if self.base is None else g - self.base.log_prob(x)
+
+    def log_ratio(self, x: Tensor) -> Tensor:
+        """log p(x) − log b(x) = −g(x) − log_z: (B, D) → (B,) (with no base, b = 1 and this is log p)."""
+        return -self.net(x).squeeze(-1) - self.log_z
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) = −f(x) − log_z: (B, D) → (B,)."""

@@ -23,6 +23,7 @@ without that structure it is a product of marginal pair mixtures, still a normal
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -30,7 +31,6 @@ from sklearn.decomposition import FastICA
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
-from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 MI_BINS = 16  # equal-frequency bins per component of the mutual-information histogram
 
@@ -83,12 +83,23 @@ class PairMixtureNoise(nn.Module):
         if x.shape[-1:] != (self.dims,):
             raise ValueError(f"expected points of shape (..., {self.dims}), got {tuple(x.shape)}")
         s = (x - self.loc) @ self.unmixing.T  # (..., D)
-        pairs = MixtureSameFamily(  # batch shape (P,), event shape (2,); buffers were checked at construction
-            Categorical(logits=self.logits, validate_args=False),
-            MultivariateNormal(self.means, scale_tril=self.scale_tril, validate_args=False),
-            validate_args=False,
-        )
-        return pairs.log_prob(s.unflatten(-1, (-1, 2))).sum(-1) + self.log_det
+        return self.pair_log_prob(s.unflatten(-1, (-1, 2))).sum(-1) + self.log_det
+
+    def pair_log_prob(self, s: Tensor, pair: int | None = None) -> Tensor:
+        """log q_j(s_j) for every pair, s (..., P, 2) → (..., P); or pair ``pair``'s alone, s (..., 2) → (...).
+
+        log q_j(s) = logsumexp_k [log w_jk − log|L_jk| − log 2π − ½|L_jk⁻¹(s − m_jk)|²], written out for 2×2
+        lower-triangular L = [[a, 0], [b, c]] (L⁻¹ = [[1/a, 0], [−b/(ac), 1/c]]): about twice as fast as
+        ``torch.distributions``' general mixture, which matters in every NCE step at large D.
+        """
+        index = slice(None) if pair is None else pair
+        tril, means = self.scale_tril[index], self.means[index]  # ([P,] K, 2, 2), ([P,] K, 2)
+        a, b, c = tril[..., 0, 0], tril[..., 1, 0], tril[..., 1, 1]  # ([P,] K)
+        log_weight = self.logits[index].log_softmax(-1) - a.log() - c.log() - math.log(2 * math.pi)
+        d = s.unsqueeze(-2) - means  # (..., [P,] K, 2)
+        z0 = d[..., 0] / a
+        z1 = (d[..., 1] - b * z0) / c
+        return (log_weight - 0.5 * (z0 * z0 + z1 * z1)).logsumexp(-1)
 
     def sample(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None) -> Tensor:
         """Draw (*shape, D) points on the buffers' device: per pair a component k by its weight and

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ebm.data.toy import log_prob, sample
-from ebm.energy.assess import ais_distributions, assess
+from ebm.energy.assess import ais_distributions, assess, exact_pair_metrics
 from ebm.energy.chasm import chasm_warning
 from ebm.energy.config import EnergyConfig
 from ebm.energy.estimators import Estimator, empty_estimator, estimator_class, make_estimator
@@ -37,10 +37,11 @@ FIT_POINTS = 10_000  # data points the noise (and fce's flow, mle's box) are fit
 
 def build_energy(config: EnergyConfig, noise: torch.nn.Module) -> EnergyMLP:
     """The energy network of ``config`` on D = ``config.dims`` inputs, relative to ``noise`` when
-    ``config.base == "noise"``."""
+    ``config.base == "noise"``; with ``config.energy == "pairs"`` a sum over the pair noise's pairs."""
     base = noise if config.base == "noise" else None
+    basis = (noise.loc, noise.unmixing) if config.energy == "pairs" else None
     return EnergyMLP(config.width, config.depth, config.activation, base, dims=config.dims,
-                     fourier_features=config.fourier_features, fourier_scale=config.fourier_scale)
+                     fourier_features=config.fourier_features, fourier_scale=config.fourier_scale, basis=basis)
 
 
 def energy_step(model: EnergyMLP, estimator: Estimator, batch: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -132,6 +133,7 @@ class EnergyTask:
         facts = {"log_z": self.model.log_z.item(), "learns_log_z": self.facts.learns_log_z}
         if self.grid is None:
             metrics = sample_metrics(self.model.log_prob, test, test_log_p, self.model.log_z.item(), None, self.device)
+            metrics.update(exact_pair_metrics(self.model, test, metrics["kl"]))
             return {**metrics, "eval_seconds": clock.seconds, **stats, **facts}
         image = grid_log_prob(self.model.log_prob, self.grid, self.device)
         metrics = density_metrics(self.model.log_prob, self.grid, test, test_log_p, self.device, box_values=image)
@@ -149,17 +151,19 @@ class EnergyTask:
         return {**metrics, **stats, **facts}
 
     def describe(self, m: dict[str, Any]) -> str:
-        """One line per epoch (loss, accuracy, normaliser error if log Z is learned, NLL, KL, timings), or the
-        final evaluation's line."""
+        """One line per epoch (loss, accuracy, normaliser error if log Z is learned, NLL, KL — exact in 2D and for
+        a pair energy, else with the learned log Z —, timings), or the final evaluation's line."""
         bracket = (f", AIS log Z ∈ [{m['log_z_lower']:.4f}, {m['log_z_upper']:.4f}] (learned {m['log_z']:.4f})"
                    if "log_z_lower" in m else "")
         if m.get("final") and self.grid is not None:
             return (f"final ({len(self.test)} test points, {2 * self.config.resolution}² grid): normaliser error "
                     f"{m['normaliser_error']:.4f}, mass outside the box {m['mass_outside']:.2g}, test NLL "
                     f"{m['test_nll']:.4f}, KL {m['kl']:.4f} ± {m['kl_stderr']:.4f}{bracket}")
+        exact = (f", exact KL {m['kl_exact']:.4f} ({m['kl_exact'] / (self.config.dims / 2):.4f} per copy; pair grids)"
+                 if "kl_exact" in m else "")
         if m.get("final"):
             return (f"final ({len(self.test)} test points, D = {self.config.dims}): KL with the learned log Z "
-                    f"{m['kl']:.4f} ± {m['kl_stderr']:.4f} ({m['kl_per_copy']:.4f} per 2D copy){bracket}")
+                    f"{m['kl']:.4f} ± {m['kl_stderr']:.4f} ({m['kl_per_copy']:.4f} per 2D copy){exact}{bracket}")
         loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
         accuracy = f"  acc {m['accuracy']:.3f}" if "accuracy" in m else ""
         if "normaliser_error" not in m:
@@ -167,7 +171,7 @@ class EnergyTask:
         else:
             log_z = f"|log Z| {m['normaliser_error']:.4f}" if m["learns_log_z"] else "log Z free"
         return (f"epoch {m['epoch']:>3}/{self.config.epochs}{loss}{accuracy}  {log_z}  NLL {m['test_nll']:.4f} "
-                f"KL {m['kl']:.4f}  train {m['train_seconds']:.1f}s eval {m['eval_seconds']:.2f}s")
+                f"KL {m.get('kl_exact', m['kl']):.4f}  train {m['train_seconds']:.1f}s eval {m['eval_seconds']:.2f}s")
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "noise": self.noise.state_dict(),

@@ -12,16 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from ebm.energy.estimators.base import Estimator, LogDensityModel, check_batch, check_noise, noise_dims, standard_normal
-from ebm.energy.objective import energy_nce_loss, log_prob_joint
+from ebm.energy.objective import energy_nce_loss, log_prob_joint, log_ratio_joint
 from ebm.nce import classifier_accuracy, conditional_nce_loss, exponential_nce_loss, ranking_nce_loss
 from ebm.utils.checks import positive_float, whole_number
-
-
-def _log_ratios(model: LogDensityModel, noise: nn.Module, data: Tensor, noise_points: Tensor) -> tuple[Tensor, Tensor]:
-    """r = log p_model − log q at the data (B,) and at the noise points (*S,)."""
-    model_data, model_noise = log_prob_joint(model, data, noise_points)
-    noise_data, noise_noise = log_prob_joint(noise, data, noise_points)
-    return model_data - noise_data, model_noise - noise_noise
 
 
 class _AgainstNoise(Estimator):
@@ -82,7 +75,7 @@ class RankingNCE(_AgainstNoise):
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         noise_points = self._noise_points(data, generator)  # (B, ν, D)
-        r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)  # (B,), (B, ν)
+        r_data, r_noise = log_ratio_joint(model, self.noise, data, noise_points)  # (B,), (B, ν)
         loss = ranking_nce_loss(r_data, r_noise).mean()
         accuracy = (r_data > r_noise.max(dim=1).values).float().mean()
         return loss, {"accuracy": accuracy.detach()}
@@ -101,7 +94,7 @@ class ExponentialNCE(_AgainstNoise):
         self, model: LogDensityModel, data: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         noise_points = self._noise_points(data, generator)  # (M, D)
-        r_data, r_noise = _log_ratios(model, self.noise, data, noise_points)
+        r_data, r_noise = log_ratio_joint(model, self.noise, data, noise_points)
         loss = exponential_nce_loss(r_data, r_noise)
         return loss, {"accuracy": classifier_accuracy(r_data, r_noise).detach()}
 
