@@ -98,6 +98,24 @@ def test_the_fit_separates_the_rotated_pairs():
     assert sorted(share.argmax(1).tolist()) == list(range(dims // 2))
 
 
+def _leak(noise, dims: int) -> float:
+    """Σ over fitted pairs of the share of their rows' energy outside their best-matching copy's plane."""
+    mixed = noise.unmixing.double() @ toy.rotation(dims)  # (D, D)
+    energy = mixed.square().unflatten(0, (-1, 2)).sum(1).unflatten(1, (-1, 2)).sum(2)  # (P fitted, P copies)
+    return (1 - (energy / energy.sum(1, keepdim=True)).max(1).values).sum().item()
+
+
+def test_refining_the_basis_by_likelihood_moves_the_planes_onto_the_copies():
+    """Step 2 (maximum likelihood of W with the mixtures fixed) cuts the energy ICA leaks between planes at least
+    threefold on 8gaussians at D = 8, and raises the held-out log-likelihood."""
+    data = toy.sample("8gaussians", 10_000, torch.Generator().manual_seed(0), dims=8)
+    test = toy.sample("8gaussians", 20_000, torch.Generator().manual_seed(1), dims=8)
+    ica_only = fit_pair_mixture(data, 8, 1.0, refine_steps=0)
+    refined = fit_pair_mixture(data, 8, 1.0)
+    assert _leak(refined, 8) < _leak(ica_only, 8) / 3
+    assert refined.log_prob(test).mean() > ica_only.log_prob(test).mean() + 0.01
+
+
 def test_the_pair_noise_covers_every_combination_of_the_modes():
     """KL(data ‖ q) per 2D copy at D = 8 is what the mixture reaches in the plane; one mixture over all eight
     coordinates (the gmm noise) cannot place a component on each of 8⁴ modes and is several times worse."""

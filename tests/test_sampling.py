@@ -228,7 +228,7 @@ def test_model_sample_is_its_base_when_the_network_is_zero(dims):
         assert x.shape == (4000, dims)
         assert ((x.mean(0) - mean).abs() < 5 * (cov.diagonal() / 4000).sqrt()).all(), method
         assert (torch.cov(x.T) - cov).abs().max() < 0.1, method
-    with pytest.raises(ValueError, match="auto, grid, mala"):
+    with pytest.raises(ValueError, match="auto, grid, pairs, mala"):
         model.sample(10, generator, method="gibbs")
     if dims == 3:
         with pytest.raises(ValueError, match="D = 2"):

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ebm.energy.evaluate import Grid
-from ebm.energy.pair_energy import PairSumNet
+from ebm.energy.pair_energy import PAIR_GRID_RESOLUTION, PairSumNet, pair_sample
 from ebm.energy.sampling import grid_sample, mala
 
 ACTIVATIONS = {"silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "relu": nn.ReLU, "tanh": nn.Tanh}
@@ -109,12 +109,20 @@ class EnergyMLP(nn.Module):
             "grid" (D = 2): exact up to the grid (``sampling.grid_sample``), float32 on the CPU, on
                 ``options["grid"]`` or else ``Grid(options["bound"], options.get("resolution", 256))``; with
                 neither, the grid covering 10⁴ draws of the base noise (``Grid.covering``).
+            "pairs" (a pair energy, any D): exact up to the grids, one per pair covering ``options["points"]``
+                (N, D) or else 10⁴ draws of the base noise (``pair_energy.pair_sample``), on the model's device.
             "mala" (any D): the last states of n MALA chains started from the base noise (N(0, I) without one),
                 on the model's device; options go to ``sampling.mala`` (defaults steps=100, step_size=0.1).
-            "auto": "grid" when D = 2, else "mala".
+            "auto": "grid" when D = 2, "pairs" for a pair energy, else "mala".
         """
-        dims = self.dims
-        method = ("grid" if dims == 2 else "mala") if method == "auto" else method
+        dims, pairs = self.dims, isinstance(self.net, PairSumNet)
+        if method == "auto":
+            method = "grid" if dims == 2 else ("pairs" if pairs else "mala")
+        if method == "pairs":
+            if not pairs or (self.base is None and "points" not in options):
+                raise ValueError("the pairs sampler needs a pair energy (--energy pairs) and points without a base")
+            points = options["points"] if "points" in options else self.base.sample((10_000,), generator)
+            return pair_sample(self, n, generator, points, options.get("resolution", PAIR_GRID_RESOLUTION))
         if method == "grid":
             if dims != 2 or (self.base is None and "grid" not in options and "bound" not in options):
                 raise ValueError(f"the grid sampler needs D = 2 (got {dims}) and a grid or bound without a base")
@@ -126,7 +134,7 @@ class EnergyMLP(nn.Module):
                 grid = Grid.covering(self.base.sample((10_000,), generator).cpu(), options.get("resolution", 256))
             return grid_sample(self.log_prob, grid, n, generator, self.log_z.device)
         if method != "mala":
-            raise ValueError(f"unknown method {method!r}; choose one of auto, grid, mala")
+            raise ValueError(f"unknown method {method!r}; choose one of auto, grid, pairs, mala")
         if self.base is not None:
             x0 = self.base.sample((n,), generator)
         else:

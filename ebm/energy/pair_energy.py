@@ -23,11 +23,13 @@ The P MLPs run as one batched network: a layer's weights are (P, in, out) and it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ebm.energy.evaluate import Grid, plane_mass
+from ebm.energy.sampling import grid_sample
 
 PAIR_GRID_RESOLUTION = 256  # cells per side of each pair's grid in the exact normaliser
 
@@ -94,33 +96,58 @@ class PairSumNet(nn.Module):
         return self.pair_energies(self.coordinates(x)).sum(0)[:, None]  # (B, 1)
 
 
+def pair_log_density(model: nn.Module, pair: int) -> Callable[[Tensor], Tensor]:
+    """Pair j's factor of the model's p̃ on its plane, as a function (M, 2) → (M,): log q_j(s) − g_j(s) with the
+    pair noise as base, −g_j(s) without."""
+    net, base = model.net, getattr(model, "base", None)
+
+    def log_density(s: Tensor) -> Tensor:
+        value = -net.one_pair(pair, s)
+        return value if base is None else value + base.pair_log_prob(s, pair)
+
+    return log_density
+
+
+def pair_grids(model: nn.Module, points: Tensor, resolution: int = PAIR_GRID_RESOLUTION) -> list[Grid]:
+    """One grid per pair, each covering the pair coordinates s_j of ``points`` (N, D) (``Grid.covering``)."""
+    s = model.net.coordinates(points.float().to(model.log_z.device)).cpu()  # (P, N, 2)
+    return [Grid.covering(pair, resolution) for pair in s]
+
+
 @torch.no_grad()
 def pair_log_normaliser(model: nn.Module, test: Tensor, resolution: int = PAIR_GRID_RESOLUTION) -> dict[str, float]:
     """log ∫ exp(model.log_prob(x)) dx of a model whose ``net`` is a ``PairSumNet``, exactly (module docstring).
 
-    Pair j's integrand is log q_j(s) − g_j(s) (or −g_j(s) without a base) on the grid covering the test points'
-    s_j (``Grid.covering``, ``resolution`` cells per side) and the rings around it. Returns ``log_normaliser``
-    (0 when the learned log_z is exact), ``normaliser_error`` = its absolute value, ``pair_grid_check`` (the sum of
-    the pairs' |fine − 2×-coarser| sums, an error estimate) and ``pair_mass_converged`` (every pair's rings ended).
+    Pair j's factor (``pair_log_density``) is summed over the grid covering the test points' s_j (``pair_grids``,
+    ``resolution`` cells per side) and the rings around it (``plane_mass``). Returns ``log_normaliser`` (0 when the
+    learned log_z is exact), ``normaliser_error`` = its absolute value, ``pair_grid_check`` (the sum of the pairs'
+    |fine − 2×-coarser| sums, an error estimate) and ``pair_mass_converged`` (every pair's rings ended).
     """
-    net: PairSumNet = model.net
     device = model.log_z.device
-    s = net.coordinates(test.float().to(device)).cpu()  # (P, N, 2)
-    base = getattr(model, "base", None)
     total, check, converged = 0.0, 0.0, True
-    for j in range(net.pairs):
-        def pair_log_prob(points: Tensor, j: int = j) -> Tensor:  # (M, 2) → (M,)
-            value = -net.one_pair(j, points)
-            return value if base is None else value + base.pair_log_prob(points, j)
-        mass = plane_mass(pair_log_prob, Grid.covering(s[j], resolution), device)
+    for j, grid in enumerate(pair_grids(model, test, resolution)):
+        mass = plane_mass(pair_log_density(model, j), grid, device)
         total += mass.log_total
         check += abs(mass.log_total - mass.log_total_coarse)
         converged &= mass.converged
-    if base is None:
-        total -= torch.linalg.slogdet(net.unmixing.double().cpu())[1].item()
+    if getattr(model, "base", None) is None:
+        total -= torch.linalg.slogdet(model.net.unmixing.double().cpu())[1].item()
     log_normaliser = total - model.log_z.item()
     return {"log_normaliser": log_normaliser, "normaliser_error": abs(log_normaliser), "pair_grid_check": check,
             "pair_mass_converged": converged}
 
 
-__all__ = ["PairLinear", "PairSumNet", "pair_log_normaliser"]
+@torch.no_grad()
+def pair_sample(model: nn.Module, n: int, generator: torch.Generator | None, points: Tensor,
+                resolution: int = PAIR_GRID_RESOLUTION) -> Tensor:
+    """n independent draws (n, D) from a pair energy, exact up to the grids: per pair j, s_j from its factor on
+    the grid covering ``points``' s_j (``grid_sample``: inverse CDF over the cells, uniform within one), then
+    x = μ + W⁻¹ s. On the model's device; the random numbers come from the CPU ``generator``."""
+    device = model.log_z.device
+    s = torch.cat([grid_sample(pair_log_density(model, j), grid, n, generator, device)
+                   for j, grid in enumerate(pair_grids(model, points, resolution))], dim=1)  # (n, D)
+    mixing = torch.linalg.inv(model.net.unmixing.double().cpu()).float()
+    return (model.net.loc.cpu() + s @ mixing.T).to(device)
+
+
+__all__ = ["PairLinear", "PairSumNet", "pair_grids", "pair_log_density", "pair_log_normaliser", "pair_sample"]
