@@ -140,7 +140,7 @@ def run_bench(args: argparse.Namespace, path: Path) -> list[dict[str, Any]]:
                     if any(_key(row) == _key(probe) for row in rows):
                         continue
                     row = run_one(name, dataset, dims, args, Path(tmp))
-                    rows.append(row)
+                    rows = [*read_rows(path), row]  # read again: another bench may have added rows meanwhile
                     write_rows(path, rows)
                     print(f"{name:8s} {dataset:12s} D={dims:<3d} KL {_number(honest_kl(row))} "
                           f"({row['step']} steps, {row['seconds']:.0f} s in all)", file=sys.stderr, flush=True)
@@ -223,8 +223,8 @@ def header(rows: list[dict[str, Any]]) -> str:
             f"{first['schedule_steps']}-step cosine schedule, whichever ends first), seed {first['seed']}, "
             f"{first['eval_points']} test points; "
             f"{len(rows)} runs; torch {torch.__version__}, one thread; load average at the runs' ends "
-            f"{min(loads):.1f}–{max(loads):.1f}. KL in nats: the grid's in 2D and a pair energy's own pair grids in any "
-            f"D (exact), else the middle of the interval the AIS bracket on log Z implies (\"bounds crossed\": the "
+            f"{min(loads):.1f}–{max(loads):.1f}. KL in nats: the grid's in 2D and a pair energy's own pair grids in "
+            f"any D (exact), else the middle of the interval the AIS bracket on log Z implies (\"bounds crossed\": the "
             f"reverse chains never sampled the model, no bracket); log Z error: learned minus exact (2D, pair energy) "
             f"or distance outside the bracket; \"holds / misses the exact\": whether the AIS bracket contains the "
             f"exact log Z where there is one.")

@@ -8,7 +8,9 @@ from torch import nn
 
 from ebm.data import toy
 from ebm.energy import EnergyConfig, load_model, train_energy
+from ebm.energy.ais import ais_bracket
 from ebm.energy.model import EnergyMLP
+from ebm.energy.noise import ais_start, make_noise
 from ebm.energy.pair_energy import PairLinear, PairSumNet, pair_log_normaliser
 from ebm.energy.pairs import PairMixtureNoise
 
@@ -129,3 +131,38 @@ def test_exact_pair_samples_have_the_models_moments():
     torch.testing.assert_close(torch.cov(x.T), cov, atol=0.05 * cov.diagonal().max(), rtol=0)
     with pytest.raises(ValueError, match="pairs sampler needs a pair energy"):
         EnergyMLP(dims=4).sample(10, generator, method="pairs")
+
+
+def test_ais_from_the_noise_without_its_defensive_part_is_tight_where_the_full_noise_is_loose():
+    """p̃ = the noise's core (its mixtures without the broad last component, renormalised; normaliser 0): forward
+    AIS from the full noise must carry the chains that start in the broad component (weight 0.05 per pair, so a
+    third of them at D = 16) into the modes and stays loose; from ``ais_start`` (the core itself) every weight is 1
+    and the lower bound is exact."""
+    noise = _random_noise(16, k=4, seed=5)
+    logits, tril = noise.logits.clone(), noise.scale_tril.clone()
+    logits[:, :-1] = logits[:, :-1].log_softmax(-1) + math.log(0.95)
+    logits[:, -1] = math.log(0.05)
+    tril[:, -1] = 8 * torch.eye(2)
+    noise = PairMixtureNoise(noise.loc, noise.unmixing, logits, noise.means, tril)
+    start = ais_start("pairs", noise)
+    torch.testing.assert_close(start.logits.softmax(-1), noise.logits[:, :-1].softmax(-1))  # renormalised
+    x = noise.sample((1000,), torch.Generator().manual_seed(0))
+    broad = PairMixtureNoise(noise.loc, noise.unmixing, logits[:, -1:], noise.means[:, -1:], tril[:, -1:])
+    s = ((x - noise.loc) @ noise.unmixing.T).unflatten(-1, (-1, 2))  # (N, P, 2)
+    pair_mix = 0.95 * start.pair_log_prob(s).exp() + 0.05 * broad.pair_log_prob(s).exp()  # (N, P)
+    torch.testing.assert_close(noise.log_prob(x), pair_mix.log().sum(-1) + noise.log_det, atol=1e-4, rtol=1e-5)
+    g = torch.Generator().manual_seed(1)
+    loose = ais_bracket(start.log_prob, noise, 128, 20, g)
+    tight = ais_bracket(start.log_prob, start, 128, 20, g)
+    assert abs(tight.lower) < 1e-4 and tight.lower_stderr < 1e-4
+    assert loose.lower < -0.2
+
+
+def test_ais_start_drops_the_gmm_noises_defensive_component_and_leaves_the_others():
+    data = toy.sample("8gaussians", 2000, torch.Generator().manual_seed(0), dims=4)
+    gmm = make_noise("gmm", data, components=3)
+    start = ais_start("gmm", gmm)
+    assert len(start.logits) == 3 and torch.equal(start.loc, gmm.loc[:-1])
+    torch.testing.assert_close(start.logits.softmax(-1), gmm.logits[:-1].softmax(-1))
+    fitted = make_noise("fitted", data)
+    assert ais_start("fitted", fitted) is fitted

@@ -5,7 +5,8 @@
             samples), so a user sees the bracket contain the exact value.
     D > 2   no grid: KL(data ‖ model) = E_data[log p_data − log p̃] + log Z on the test points with log Z (a) the
             learned ``log_z`` and (b) the AIS bracket (``ebm.energy.evaluate_samples.sample_metrics``); forward AIS
-            starts from the noise (a stochastic lower bound), reverse AIS from MALA samples of the model (an
+            starts from the noise without its defensive component (``ebm.energy.noise.ais_start``; a stochastic
+            lower bound), reverse AIS from MALA samples of the model (an
             upper bound when the chains have mixed: their split R-hat is reported beside it), or from exact
             samples for a pair energy.
 
@@ -58,10 +59,12 @@ def model_samples(model: EnergyMLP, noise: nn.Module, n: int, grid: Grid | None,
 
 
 def bracket_metrics(model: EnergyMLP, noise: nn.Module, distributions: int, chains: int, grid: Grid | None,
-                    generator: torch.Generator) -> dict[str, Any]:
-    """The AIS bracket on log Z of p̃ (forward from ``noise``, reverse from model samples) and its diagnostics."""
+                    generator: torch.Generator, start: nn.Module | None = None) -> dict[str, Any]:
+    """The AIS bracket on log Z of p̃ (forward from ``start``, by default ``noise``; reverse from model samples,
+    MALA's started from ``noise``) and its diagnostics."""
     samples, diagnostics = model_samples(model, noise, chains, grid, generator)
-    bracket = ais_bracket(model.log_prob, noise, chains, distributions, generator, model_samples=samples)
+    bracket = ais_bracket(model.log_prob, noise if start is None else start, chains, distributions, generator,
+                          model_samples=samples)
     log_z = model.log_z.item()  # ais brackets log ∫ exp(log_prob) = log Z − log_z
     lower, upper = bracket.lower + log_z, bracket.upper + log_z
     return {"log_z_lower": lower, "log_z_upper": upper, "log_z_error": log_z_error(log_z, lower, upper),
@@ -71,16 +74,17 @@ def bracket_metrics(model: EnergyMLP, noise: nn.Module, distributions: int, chai
 
 @torch.no_grad()
 def assess(model: EnergyMLP, noise: nn.Module, test: torch.Tensor, test_log_p: torch.Tensor, grid: Grid | None,
-           distributions: int, chains: int, seed: int) -> dict[str, Any]:
+           distributions: int, chains: int, seed: int, start: nn.Module | None = None) -> dict[str, Any]:
     """The final metrics of a trained model on ``test`` (N, D) with exact log-densities ``test_log_p`` (N,).
 
     ``grid``: the 2D grid to normalise on (None beyond the plane); ``distributions``: K of the AIS bracket (0:
-    none); ``chains``: its forward chains (and reverse chains, and MALA chains beyond 2D).
+    none); ``chains``: its forward chains (and reverse chains, and MALA chains beyond 2D); ``start``: where the
+    forward AIS chains start (``ebm.energy.noise.ais_start``; default ``noise``).
     """
     model.eval()
     device = model.log_z.device
     generator = torch.Generator().manual_seed(seed + AIS_SEED_OFFSET)
-    bracket = bracket_metrics(model, noise, distributions, chains, grid, generator) if distributions else {}
+    bracket = bracket_metrics(model, noise, distributions, chains, grid, generator, start) if distributions else {}
     if grid is not None:
         return {**density_metrics(model.log_prob, grid, test, test_log_p, device), **bracket}
     interval = (bracket["log_z_lower"], bracket["log_z_upper"]) if bracket else None

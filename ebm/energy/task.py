@@ -25,7 +25,7 @@ from ebm.energy.estimators import Estimator, empty_estimator, estimator_class, m
 from ebm.energy.evaluate import Grid, density_metrics, grid_log_prob
 from ebm.energy.evaluate_samples import sample_metrics
 from ebm.energy.model import EnergyMLP
-from ebm.energy.noise import empty_noise, make_noise
+from ebm.energy.noise import ais_start, empty_noise, make_noise
 from ebm.energy.plot import DensityFigure
 from ebm.energy.sampling import sample_cells
 from ebm.harness import Position, RunFolder, TrainingClock
@@ -179,12 +179,13 @@ class EnergyTask:
 
     def finish(self, last: dict[str, Any], completed: bool, seconds: float) -> dict[str, Any]:
         """The last epoch's metrics with the evaluation redone on all test points (2D: on a grid twice as fine) and,
-        where asked (by default beyond 2D), the AIS bracket on log Z (``ebm.energy.assess``)."""
+        where asked (by default beyond 2D), the AIS bracket on log Z (``ebm.energy.assess``; forward chains from
+        the noise without its defensive component, ``ais_start``)."""
         config = self.config
         fine = Grid(self.grid.bound, 2 * config.resolution) if self.grid is not None else None
         distributions = ais_distributions(config.ais_distributions, config.dims)
         final = assess(self.model, self.noise, self.test, self.test_log_p, fine, distributions, config.ais_chains,
-                       config.seed)
+                       config.seed, ais_start(config.noise, self.noise))
         return {**last, **final}
 
     def _title(self) -> str:
