@@ -17,8 +17,8 @@ Theis 2006), in three steps:
    its own plane, but it separates the planes from each other; the components are then paired greedily by their
    mutual information (a histogram estimate on rank bins), and each pair gets its own mixture. The per-pair
    rotation left by ICA does not matter: the pair's mixture has full covariances.
-2. ICA's planes are close to the true ones but not on them (a few tenths of a percent of each pair's energy
-   leaks into other planes at D = 16 from 10⁴ points), and a thin structure such as a pinwheel arm is blurred by
+2. ICA's planes are close to the true ones but not on them (up to 0.15% of a pair's energy lies in other
+   planes at D = 16 from 10⁴ points), and a thin structure such as a pinwheel arm is blurred by
    that much of its neighbours' spread. So (μ, W) are refined by maximum likelihood of q itself, the mixtures
    held fixed: ``REFINE_STEPS`` full-batch Adam steps on −mean log q (the log|det W| term keeps it a density).
 3. The mixtures are fitted again in the refined basis.
