@@ -56,8 +56,8 @@ class PairSumNet(nn.Module):
     a factory of the nonlinearity.
     """
 
-    def __init__(self, loc: Tensor, unmixing: Tensor, width: int, depth: int, activation, features: nn.Module,
-                 inputs: int):
+    def __init__(self, loc: Tensor, unmixing: Tensor, width: int, depth: int, activation: Callable[[], nn.Module],
+                 features: nn.Module, inputs: int):
         super().__init__()
         dims = loc.shape[-1]
         if dims < 2 or dims % 2 or unmixing.shape != (dims, dims):
@@ -74,6 +74,7 @@ class PairSumNet(nn.Module):
 
     @property
     def pairs(self) -> int:
+        """P = D/2, the number of pairs."""
         return self.loc.shape[-1] // 2
 
     def coordinates(self, x: Tensor) -> Tensor:
