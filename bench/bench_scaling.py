@@ -10,8 +10,9 @@ Sections (one CPU thread per process):
             clip, optimiser step) of the default recipe on 2 gloo ranks against 1 process, the same global
             batches of Zipf-distributed tokens over V words (--vocab, several allowed) at each --batch-size:
             tokens/s and their ratio. Seconds, not minutes: no corpus, no evaluation.
-            --accumulate M: each rank runs its rows as M micro-batches (gradient accumulation). The load average
-            is printed beside each row: the CPU may be shared.
+            --accumulate M: each rank runs its rows as M micro-batches (gradient accumulation). Each row is the
+            median of --repeats runs (one process and two ranks alternating); the load average is printed beside
+            each row: the CPU may be shared.
   scaling   (this and the next two: real ``train.py`` commands, each in its own process) torchrun with 2 gloo
             ranks against 1 process, the same global batch and the same epochs:
             tokens/s ratio (goal ≥ 1.7× on 2 cores) and test perplexity after equal data (goal: within 1%).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,13 +93,16 @@ def _step_worker(rank: int, world: int, port: int, vocab: int, batch: int, steps
         parallel = DistributedLM(model, context)
         sync, sync_seconds = parallel.sync_gradients, [0.0]
 
-        def timed_sync() -> int:
-            start = time.perf_counter()
-            sent = sync()
-            sync_seconds[0] += time.perf_counter() - start
-            return sent
+        class TimedSync:  # the sync called after the backward pass, timed (its overlapped part is not)
+            arm = sync.arm
 
-        parallel.sync_gradients = timed_sync
+            def __call__(self) -> int:
+                start = time.perf_counter()
+                sent = sync()
+                sync_seconds[0] += time.perf_counter() - start
+                return sent
+
+        parallel.sync_gradients = TimedSync()
         data = torch.multinomial(counts, (steps + 3) * batch * (config.bptt + 1), replacement=True,
                                  generator=torch.Generator().manual_seed(0)).view(steps + 3, batch, config.bptt + 1)
         noise, state, params = torch.Generator().manual_seed(1), None, list(model.parameters())
@@ -134,21 +139,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def step_section(vocabs: list[int], batches: list[int], steps: int, micro_batches: int) -> list[str]:
+def step_section(vocabs: list[int], batches: list[int], steps: int, micro_batches: int, repeats: int) -> list[str]:
     """Markdown rows: tokens/s of 1 process and of 2 gloo ranks and their ratio (wall clock), the sync's ms per
-    step (waiting for the slower rank included), and the CPU-time ratio: one process's CPU seconds per step over
-    a rank's. On a shared CPU the wall-clock ratio follows the load; the CPU-time ratio is the speed-up two idle
-    cores would give if no rank ever waited (an upper bound), the work each rank does, communication included."""
-    lines = [f"training step only, default recipe, {steps} steps, micro-batches per rank {micro_batches}", "",
+    step (the part after the backward pass, waiting for the slower rank included), and the CPU-time ratio: one
+    process's CPU seconds per step over a rank's. Each figure is the median of ``repeats`` runs, one process and
+    two ranks alternating; the ratio is the median of the repeats' ratios. On a shared CPU the wall-clock ratio
+    follows the load; the CPU-time ratio is the speed-up two idle cores would give if no rank ever waited (an
+    upper bound), the work each rank does, communication included."""
+    lines = [f"training step only, default recipe, {steps} steps, micro-batches per rank {micro_batches}, "
+             f"median of {repeats} alternating repeats", "",
              "| V | global batch | 1 process tok/s | 2 ranks tok/s | ratio | sync ms/step | CPU-time ratio "
              "| load avg |",
              "|---|---|---|---|---|---|---|---|"]
     for vocab in vocabs:
         for batch in batches:
-            one, _, one_cpu = _step_rate(1, vocab, batch, steps, 1)
-            two, sync_ms, two_cpu = _step_rate(2, vocab, batch, steps, micro_batches)
-            lines.append(f"| {vocab:,} | {batch} | {one:,.0f} | {two:,.0f} | {two / one:.2f} | {sync_ms:.1f} | "
-                         f"{one_cpu / two_cpu:.2f} | {os.getloadavg()[0]:.1f} |")
+            runs = [(_step_rate(1, vocab, batch, steps, 1), _step_rate(2, vocab, batch, steps, micro_batches))
+                    for _ in range(repeats)]
+            one, two = (statistics.median(run[i][0] for run in runs) for i in (0, 1))
+            ratio = statistics.median(t[0] / o[0] for o, t in runs)
+            sync_ms = statistics.median(t[1] for _, t in runs)
+            cpu_ratio = statistics.median(o[2] / t[2] for o, t in runs)
+            lines.append(f"| {vocab:,} | {batch} | {one:,.0f} | {two:,.0f} | {ratio:.2f} | {sync_ms:.1f} | "
+                         f"{cpu_ratio:.2f} | {os.getloadavg()[0]:.1f} |")
             print(lines[-1], flush=True)
     return lines
 
@@ -165,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, nargs="+", default=[10_001, 1_001], help="step section: V")
     parser.add_argument("--steps", type=int, default=30, help="step section: measured steps per run")
     parser.add_argument("--accumulate", type=int, default=1, help="step section: micro-batches per rank")
+    parser.add_argument("--repeats", type=int, default=3, help="step section: alternating runs per row (medians)")
     args = parser.parse_args(argv)
-    step_lines = step_section(args.vocab, args.batch_size, args.steps, args.accumulate) if "step" in args.sections \
-        else []
+    step_lines = step_section(args.vocab, args.batch_size, args.steps, args.accumulate, args.repeats) \
+        if "step" in args.sections else []
     rows, runs = [], {"scaling", "amp", "compile"} & set(args.sections)
     base = [*_dataset(args.dataset), *MODEL, "--batch-size", str(args.batch_size[0])] if runs else []  # last flag wins
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,8 +16,8 @@ For every row-synchronised parameter (input embedding V×256, output embedding V
 and the measured time of the sparse sync against a dense all-reduce of the same parameters, plus the bytes
 the loopback interface carried (Linux /proc/net/dev, both ranks together, so halved; it counts TCP framing and
 any other process using loopback at the time, so it is a check on the formula, not the figure itself).
-The dense LSTM gradients, packed into the same buffer, are listed for scale; the buffer is the largest
-rank's (header, dense gradients and rows) plus 1/8 headroom, so a step gathers once.
+The dense LSTM gradients, summed by their own all-reduce beside the all-gather, are listed for scale; the
+all-gather's buffer is the largest rank's (header and rows) plus 1/8 headroom, so a step gathers once.
 
 Usage:
     python bench/bench_sparse_sync.py                    # V = 100k and 1M (≈ 1 min; 2 GB of parameters per rank at 1M)
@@ -135,20 +135,20 @@ def report(result: dict) -> None:
         dense_total += dense
         print(f"| {name} {tuple(shape)} | {rows:,.0f} | {union:,.0f} | {sparse:,.0f} | {dense:,.0f} | "
               f"{sparse / dense:.4%} |")
-    # per rank: a header (one int64 per parameter and the total), the dense gradients, each parameter's n_r rows
+    # per rank: a header (one int64 per parameter and the total), then each row parameter's n_r rows
     widths = [shape[1] if len(shape) > 1 else 1 for shape in result["shapes"]]
     aligned = lambda n: -(-n // 8) * 8  # noqa: E731
-    buffers = [max(8 * (result["params"] + 1) + result["lstm_bytes"]
+    buffers = [max(8 * (result["params"] + 1)
                    + sum(aligned(rank[i] * 8) + aligned(rank[i] * 4 * w) for i, w in enumerate(widths))
                    for rank in r["local"]) for r in records]
     if any(r["capacity"] < b for r, b in zip(records, buffers, strict=True)) or records[-1]["sent"] != \
-            records[-1]["capacity"]:
+            records[-1]["capacity"] + result["lstm_bytes"]:
         raise RuntimeError(f"the largest buffers from the formula {buffers} do not fit the all-gather's "
                            f"{[r['capacity'] for r in records]} bytes, or a steady step gathered more than once")
-    sparse_total = statistics.median(b - result["lstm_bytes"] for b in buffers) * (WORLD - 1)
+    sparse_total = statistics.median(buffers) * (WORLD - 1)
     print(f"| **all rows** (header included) | | | **{sparse_total:,.0f}** | **{dense_total:,.0f}** | "
           f"**{sparse_total / dense_total:.4%}** |")
-    print(f"\nbytes sent per rank and step (rows, dense LSTM gradients, 1/8 headroom): "
+    print(f"\nbytes handed to the collectives per rank and step (rows with 1/8 headroom, dense LSTM gradients): "
           f"{statistics.median(r['sent'] for r in records[1:] or records):,.0f}")
     sync_s = statistics.median(r["sync_s"] for r in records)
     sync_lo = [r["sync_lo"] for r in records if r["sync_lo"] is not None]
@@ -157,7 +157,7 @@ def report(result: dict) -> None:
     if sync_lo and all(lo is not None for lo in result["dense_lo"]):
         print(f"loopback bytes per rank (TCP, any process): sparse sync {statistics.median(sync_lo):,.0f}, "
               f"dense all-reduce {sum(result['dense_lo']):,.0f}")
-    print(f"dense LSTM gradients (in the same all-gather): {result['lstm_bytes']:,} bytes")
+    print(f"dense LSTM gradients (all-reduced beside the all-gather): {result['lstm_bytes']:,} bytes")
 
 
 def main(argv: list[str] | None = None) -> None:

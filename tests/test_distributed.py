@@ -105,7 +105,7 @@ def _check_sync(context: DistributedContext) -> None:
         dist.all_reduce(total)
         expected.append(total / WORLD)
 
-    sync = GradientSync(params, context)
+    sync = GradientSync(params, context, sparse=[weight, bias, lonely, untouched])
     sent = sync()
 
     for p, want, touched in zip((weight, bias, lonely), expected, ([1, 3, 5, 7, 9, 11],) * 2 + ([2],), strict=False):
@@ -114,30 +114,80 @@ def _check_sync(context: DistributedContext) -> None:
         torch.testing.assert_close(p.grad.to_dense(), want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(dense.grad, expected[3], rtol=1e-6, atol=1e-6)
     assert untouched.grad is None
-    # a buffer: a header of 5 codes and the total (6 int64: 48 bytes), then 8-byte aligned int64 rows and float32
-    # values: rank 0 weight 3 rows (24 + 36 → 40), bias 3 (24 + 12 → 16), lonely 1 (8 + 12 → 16), untouched 0,
-    # dense 40: 216 bytes; rank 1 weight 4 rows (32 + 48), bias 4 (32 + 16), dense 40: 216 bytes. The first step
-    # gathers the header alone, learns the sizes and gathers again at 216 + 216 // 8 = 243 → 248 (8-aligned).
-    assert sent == 48 + 248 and sync.capacity == 248
+    # the dense gradient (2×5 float32: 40 bytes) goes to the all-reduce; the all-gather's buffer: a header of 5 codes
+    # and the total (6 int64: 48 bytes), then 8-byte aligned int64 rows and float32 values: rank 0 weight 3 rows
+    # (24 + 36 → 40), bias 3 (24 + 12 → 16), lonely 1 (8 + 12 → 16), untouched 0: 176 bytes; rank 1 weight 4 rows
+    # (32 + 48), bias 4 (32 + 16): 176 bytes. The first step gathers the header alone, learns the sizes and gathers
+    # again at 176 + 176 // 8 = 198 → 200 (8-aligned).
+    assert sent == 40 + 48 + 200 and sync.capacity == 200
     _set_grads(rank, *params)
-    assert sync() == 248  # the next step: one all-gather
+    assert sync() == 40 + 200  # the next step: one all-reduce and one all-gather
 
 
 def test_gradient_sync_equals_dense_all_reduce_mean():
     _spawn(_check_sync)
 
 
-def _check_dense_fallback(context: DistributedContext) -> None:
+def _check_dense_fallback(context: DistributedContext, listed_sparse: bool) -> None:
     p = nn.Parameter(torch.zeros(6, 2))
     dense = torch.arange(12.0).view(6, 2) * (context.rank + 1)
     p.grad = dense if context.rank == 0 else dense.to_sparse(1)  # a tied embedding under the full softmax
-    sync_gradients([p], context)
+    sync_gradients([p], context, sparse=[p] if listed_sparse else [])  # in the all-gather, or in the all-reduce
     assert not p.grad.is_sparse
     torch.testing.assert_close(p.grad, torch.arange(12.0).view(6, 2) * 1.5)  # (1 + 2) / 2
 
 
-def test_dense_and_sparse_gradients_of_one_parameter_average_densely():
-    _spawn(_check_dense_fallback)
+@pytest.mark.parametrize("listed_sparse", [True, False])
+def test_dense_and_sparse_gradients_of_one_parameter_average_densely(listed_sparse):
+    _spawn(_check_dense_fallback, listed_sparse)
+
+
+def _check_overlap(context: DistributedContext) -> None:
+    torch.manual_seed(0)  # the same parameters on both ranks
+    first, second = nn.Linear(3, 4), nn.Linear(4, 2)
+    only_rank0, late = nn.Parameter(torch.randn(2)), nn.Parameter(torch.randn(2))  # late: the first bucket
+    params = [*first.parameters(), *second.parameters(), only_rank0, late]
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(context.rank))
+
+    def backward(use_late: bool) -> None:
+        out = second(torch.tanh(first(x)))
+        extra = out.sum() * (only_rank0.sum() + (late.sum() if use_late else 0)) if context.rank == 0 else 0
+        (out.square().sum() + extra).backward()
+
+    def oracle(use_late: bool) -> list[torch.Tensor | None]:
+        """Each gradient (zeros where missing) summed by its own all-reduce, over W; None where no rank had one."""
+        backward(use_late)
+        means = []
+        for p in params:
+            total = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(total)
+            given = torch.tensor([float(p.grad is not None)])
+            dist.all_reduce(given)
+            means.append(total / WORLD if given.item() else None)
+            p.grad = None
+        return means
+
+    sync = GradientSync(params, context, bucket_bytes=1)  # one bucket per parameter, in reverse order
+    assert [len(b) for b in sync.buckets] == [1] * 6 and sync.buckets[0][0] is late
+    for use_late in (False, True):
+        expected = oracle(use_late)
+        sync.arm()
+        backward(use_late)
+        # buckets start in order as they fill: none while the first (``late``) is empty on a rank, all during
+        # the backward pass on rank 0 once its loss uses ``late``; the rest start in the sync, in the same order
+        assert sync.in_flight == (6 if use_late and context.rank == 0 else 0)
+        sync()
+        assert sync.in_flight == 0
+        for p, want in zip(params, expected, strict=True):
+            if want is None:
+                assert p.grad is None  # no rank gave ``late`` a gradient: None everywhere, as in one process
+            else:
+                torch.testing.assert_close(p.grad, want, rtol=1e-6, atol=1e-6)
+            p.grad = None
+
+
+def test_dense_buckets_start_during_backward_in_the_same_order_on_every_rank():
+    _spawn(_check_overlap)
 
 
 def _check_collective_decisions(context: DistributedContext) -> None:
@@ -443,7 +493,7 @@ def _check_collectives_on_the_accelerator(context: DistributedContext) -> None:
     dense, rows = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(4, 2))
     dense.grad = torch.full((3,), float(context.rank))
     rows.grad = torch.sparse_coo_tensor(torch.tensor([[context.rank]]), torch.ones(1, 2), (4, 2))
-    sync_gradients([dense, rows], context)
+    sync_gradients([dense, rows], context, sparse=[rows])  # an all-reduce and an all-gather
     assert dense.grad.tolist() == [0.5] * 3 and rows.grad.to_dense()[:2, 0].tolist() == [0.5, 0.5]
     p = nn.Parameter(torch.full((2,), float(context.rank)))
     context.broadcast_(p.data)

@@ -138,13 +138,23 @@ class DistributedContext:
         self.run(what, lambda: dist.all_reduce(total, op=dist.ReduceOp.SUM if op is None else op))
         return total.to(value.device)
 
+    def start_all_reduce_(self, tensor: Tensor, what: str = "all-reduce") -> Callable[[], None]:
+        """Start summing ``tensor`` (on ``self.device``) over ranks in place and return ``wait``: it blocks until
+        the sum is there (a failure raised as ``run`` raises it). Work between the two overlaps the transfer."""
+        if self.world_size == 1:
+            return lambda: None
+        if tensor.device.type != self.device.type:
+            raise ValueError(f"{what}: an in-place collective needs its tensor on {self.device}, got {tensor.device}")
+        work = self.run(what, lambda: dist.all_reduce(tensor, async_op=True))
+        return lambda: self.run(what, work.wait)
+
     def all_gather(self, value: Tensor, what: str = "all-gather") -> Tensor:
         """Every rank's ``value`` (same shape on each), stacked: (W, …), gathered on ``self.device``."""
         if self.world_size == 1:
             return value.detach().unsqueeze(0)
         local = value.detach().to(self.device).contiguous().reshape(1, -1)  # (1, n)
         parts = torch.empty((self.world_size, local.shape[1]), dtype=local.dtype, device=self.device)  # (W, n)
-        self.run(what, lambda: dist.all_gather_into_tensor(parts, local))
+        self.run(what, lambda: dist.all_gather_single(parts, local))
         return parts.view(self.world_size, *value.shape).to(value.device)
 
     def broadcast_(self, tensor: Tensor, what: str = "broadcast from rank 0") -> None:

@@ -32,19 +32,25 @@ Every token then meets the noise and masks it meets in one process; with per-tok
 shard's tokens, N the global batch's) the mean over ranks of Σ_j weight·loss is the global token mean:
 (1/W) Σ_s (n_s W / N)(1/n_s) Σ_{t ∈ s} ℓ_t = (1/N) Σ_t ℓ_t.
 
-**One collective per step.** After the last micro-batch's backward, ``sync_gradients`` packs every gradient
-into one byte buffer: a header of codes (−2 no gradient, −1 dense, n ≥ 0 sparse rows), the dense gradients
-(recurrent layers, projections, a learned norm, a tied matrix under the full softmax) and the coalesced sparse
-rows (rows int64 (n,), values (n, …)) of the input and output embeddings. One all-gather of a fixed size C
-carries the buffers; every rank then reduces them alike:
+**Dense sums during the backward pass, rows at the end.** ``GradientSync`` averages two kinds of gradient two ways:
 
     g = (1/W) Σ_r g_r (dense),     g_v = (1/W) Σ_r Σ_{i: rows_r[i] = v} values_r[i] (sparse, touched rows only),
 
-DDP's mean, holding only the union of touched rows. C is the largest buffer seen so far plus 1/8: a step whose
-buffer outgrows it (every rank sees every header) gathers once more at the new size. A parameter that no rank
-gave a gradient (a learned norm under the full softmax) keeps ``grad = None`` on every rank, as in one process.
-A ring all-gather sends C·(W − 1) bytes per rank; a dense all-reduce of the same gradients 2(W − 1)/W·V·H·4:
-at W = 2 the dense part costs the same and the rows a few thousand instead of V (bench/bench_sparse_sync.py).
+DDP's mean, holding only the union of touched rows. The dense gradients (recurrent layers, projections, a
+learned norm, a tied matrix under the full softmax) are cut into buckets of about 1 MiB in the order the backward
+pass finishes them (the last recurrent layer first) and each bucket's all-reduce starts, without waiting, as
+soon as it is complete: on the last micro-batch a hook on each parameter counts it in, so the last layer's sum
+travels while the first layer's backward runs. Buckets start in one fixed order on every rank (a bucket waits for
+the ones before it), so the ranks' collectives always match. After the backward pass the coalesced rows of the
+input and output embeddings (rows int64 (n,), values (n, …)) are packed into one byte buffer behind a header of
+codes for every parameter (−3 dense, in the all-reduce; −2 no gradient; −1 dense, carried here; n ≥ 0 sparse
+rows) and one all-gather of a fixed size C carries them while the last dense sums finish. C is the largest
+buffer seen so far plus 1/8: a step whose buffer outgrows it (every rank sees every header) gathers once more at
+the new size. A parameter that no rank gave a gradient (a learned norm under the full softmax) keeps
+``grad = None`` on every rank, as in one process. Per rank and step that is 2(W − 1)/W of the dense bytes for
+the all-reduces and C·(W − 1) for the all-gather: at W = 2 the rows cost a few thousand instead of V
+(bench/bench_sparse_sync.py). On gloo an all-reduce costs half the CPU of an all-gather of the same bytes and
+needs no sum afterwards, which is why the dense part left the all-gather (bench/bench_scaling.py).
 
 **Decisions must be collective.** Anything that ends or branches the loop uses ``context.any``/``context.mean``,
 and values decided from one rank's evaluation (a plateau lr cut, a calibrated norm) come from
@@ -68,7 +74,7 @@ from torch import Tensor, nn
 from ebm.harness.context import DistributedContext
 
 _ALIGN = 8  # bytes: every packed tensor starts on a multiple of int64's size
-_NONE, _DENSE = -2, -1  # header codes (n ≥ 0: sparse with n rows)
+_REDUCED, _NONE, _DENSE = -3, -2, -1  # header codes (n ≥ 0: sparse with n rows; −3: in the all-reduce)
 State = Tensor | tuple[Tensor, ...] | None
 
 
@@ -100,13 +106,13 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 1) % 2**63
 
 
-# --- gradients: one packed all-gather ----------------------------------------------------------------------------
+# --- gradients: a dense all-reduce beside one packed all-gather of rows -------------------------------------------
 def _padded(nbytes: int) -> int:
     return -(-nbytes // _ALIGN) * _ALIGN
 
 
 def _local_part(param: nn.Parameter) -> tuple[int, list[Tensor]]:
-    """(header code, tensors to send) for this rank's gradient of ``param``."""
+    """(header code, tensors to send) for this rank's gradient of a row-synchronised ``param``."""
     grad = param.grad
     if grad is None:
         return _NONE, []
@@ -143,7 +149,7 @@ def _unpack(buffer: Tensor, params: list[nn.Parameter]) -> list[tuple[int, list[
     codes = buffer[: len(params) * 8].view(torch.int64).tolist()
     offset, parts = (len(params) + 1) * 8, []
     for param, code in zip(params, codes, strict=True):
-        shapes = [] if code == _NONE else [(param.shape, param.dtype)] if code == _DENSE else [
+        shapes = [] if code in (_NONE, _REDUCED) else [(param.shape, param.dtype)] if code == _DENSE else [
             ((code,), torch.int64), ((code, *param.shape[1:]), param.dtype)]
         tensors = []
         for shape, dtype in shapes:
@@ -176,25 +182,79 @@ def _mean_gradient(param: nn.Parameter, ranks: list[tuple[int, list[Tensor]]], w
 
 
 class GradientSync:
-    """Replaces each parameter's gradient by its mean over ranks with one all-gather per step (module docstring).
+    """Replaces each parameter's gradient by its mean over ranks: all-reduces of the dense gradients, started
+    during the backward pass as buckets fill, and one all-gather of the rows of the ``sparse`` ones at the end
+    (module docstring).
 
-    Collective: every rank calls it with the same parameters in the same order. ``capacity`` (bytes per rank)
-    grows to the largest buffer seen plus 1/8, identically on every rank. Calling it returns the bytes this
-    rank sent (C per all-gather); in one process it leaves the gradients as they are and returns 0.
+    Collective: every rank calls it with the same parameters, in the same order, and the same ``sparse`` list (the
+    parameters whose gradients are sparse rows: ``model.sparse_parameters()``). A dense-listed parameter given a
+    sparse gradient is densified, a sparse-listed one given a dense gradient travels densely in the all-gather:
+    always correct, only slower.
+
+    Dense parameters are cut into buckets of about ``bucket_bytes``, in the reverse of their order (the order the
+    backward pass finishes them: the last recurrent layer first), one dtype per bucket. After ``arm()``, the
+    backward pass that follows starts each bucket's all-reduce as soon as it and every earlier bucket are
+    complete (a hook on each parameter), so the transfer overlaps the rest of the backward pass; buckets start
+    in the same order on every rank, and any not yet started (a parameter with no gradient on this rank) start
+    when the sync is called. ``capacity`` (bytes per rank) grows to the largest all-gather buffer seen plus 1/8,
+    identically on every rank. Calling it returns the bytes this rank handed to the collectives (the dense
+    gradients once, C per all-gather); in one process it leaves the gradients as they are and returns 0.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], context: DistributedContext):
-        self.params = list({id(p): p for p in params if p.requires_grad}.values())
+    def __init__(self, params: Iterable[nn.Parameter], context: DistributedContext,
+                 sparse: Iterable[nn.Parameter] = (), bucket_bytes: int = 1 << 20):
+        params = list({id(p): p for p in params if p.requires_grad}.values())
+        rows = {id(p) for p in sparse}
+        self.dense = [p for p in params if id(p) not in rows]
+        self.rows = [p for p in params if id(p) in rows]
+        self.params = self.dense + self.rows  # the header's order
         self.context = context
         self.capacity = 0
+        self.buckets = _buckets(self.dense, bucket_bytes)
+        self._bucket_of = {id(p): i for i, bucket in enumerate(self.buckets) for p in bucket}
+        self._armed, self._ready, self._started = False, [0] * len(self.buckets), []
+        if context.world_size > 1:
+            for p in self.dense:
+                p.register_post_accumulate_grad_hook(self._on_gradient)
+
+    @property
+    def in_flight(self) -> int:
+        """Dense buckets whose all-reduce has started and not yet been waited for (by the next call)."""
+        return len(self._started)
+
+    def arm(self) -> None:
+        """The next backward pass gives the final gradients of this step: start buckets' all-reduces as they fill."""
+        if self._started:
+            raise RuntimeError(f"{len(self._started)} gradient all-reduces of the last armed step are still in "
+                               "flight: call the sync once after each armed backward pass")
+        self._armed, self._ready = self.context.world_size > 1, [0] * len(self.buckets)
+
+    def _on_gradient(self, param: nn.Parameter) -> None:
+        if not self._armed:
+            return
+        self._ready[self._bucket_of[id(param)]] += 1
+        while len(self._started) < len(self.buckets) and \
+                self._ready[len(self._started)] == len(self.buckets[len(self._started)]):
+            self._start(len(self._started))
+
+    def _start(self, index: int) -> None:
+        """Bucket ``index`` flattened into one buffer (zeros for a missing gradient) on the backend's device, its
+        in-place sum started."""
+        bucket = self.buckets[index]
+        flat = torch.cat([(p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in bucket]).to(self.context.device)
+        self._started.append((flat, self.context.start_all_reduce_(flat, f"gradient all-reduce (bucket {index})")))
 
     def __call__(self) -> int:
         if self.context.world_size == 1 or not self.params:
             return 0
-        parts = [_local_part(p) for p in self.params]
-        sent = 0
-        while True:
-            buffer = _pack(parts, self.capacity, self.params[0].device)
+        while len(self._started) < len(self.buckets):
+            self._start(len(self._started))
+        started, self._started, self._armed = self._started, [], False
+        parts = [(_NONE if p.grad is None else _REDUCED, []) for p in self.dense] + [_local_part(p) for p in self.rows]
+        sent = sum(flat.numel() * flat.element_size() for flat, _ in started)
+        while True:  # the rows travel while the dense sums finish
+            buffer = _pack(parts, self.capacity, self.params[0].device)  # all_gather runs it on the backend's
             gathered = self.context.all_gather(buffer, "gradient all-gather")  # (W, C) uint8
             sent += buffer.numel()
             totals = [int(gathered[r, len(self.params) * 8 : (len(self.params) + 1) * 8].view(torch.int64))
@@ -203,14 +263,37 @@ class GradientSync:
                 break
             self.capacity = _padded(max(totals) + max(totals) // 8)  # every rank sees every total: all agree
         ranks = [_unpack(gathered[r], self.params) for r in range(self.context.world_size)]
-        for i, param in enumerate(self.params):
+        given = {id(p): any(parts_r[i][0] != _NONE for parts_r in ranks) for i, p in enumerate(self.dense)}
+        for bucket, (flat, wait) in zip(self.buckets, started, strict=True):
+            wait()
+            flat = flat.to(bucket[0].device).div_(self.context.world_size)  # summed on the backend's device
+            offset = 0
+            for p in bucket:  # views of the summed buffer; None where no rank had a gradient, as in one process
+                p.grad = flat[offset : offset + p.numel()].view_as(p) if given[id(p)] else None
+                offset += p.numel()
+        for i, param in enumerate(self.rows, start=len(self.dense)):
             param.grad = _mean_gradient(param, [parts_r[i] for parts_r in ranks], self.context.world_size)
         return sent
 
 
-def sync_gradients(params: Iterable[nn.Parameter], context: DistributedContext) -> int:
-    """One-off ``GradientSync(params, context)()``: every gradient replaced by its mean over ranks; bytes sent."""
-    return GradientSync(params, context)()
+def _buckets(params: list[nn.Parameter], bucket_bytes: int) -> list[list[nn.Parameter]]:
+    """``params`` in reverse order cut into runs of one dtype, each closed once it holds ≥ ``bucket_bytes``."""
+    buckets: list[list[nn.Parameter]] = []
+    size = 0
+    for p in reversed(params):
+        if not buckets or size >= bucket_bytes or p.dtype != buckets[-1][0].dtype:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += p.numel() * p.element_size()
+    return buckets
+
+
+def sync_gradients(params: Iterable[nn.Parameter], context: DistributedContext,
+                   sparse: Iterable[nn.Parameter] = ()) -> int:
+    """One-off ``GradientSync(params, context, sparse)()``: every gradient replaced by its mean over ranks; bytes
+    handed to the collectives."""
+    return GradientSync(params, context, sparse)()
 
 
 # --- the model on this rank's rows ---------------------------------------------------------------------------------
@@ -229,7 +312,7 @@ class DistributedLM:
     def __init__(self, model: nn.Module, context: DistributedContext):
         self.model = model
         self.context = context
-        self.sync_gradients = GradientSync(model.parameters(), context)
+        self.sync_gradients = GradientSync(model.parameters(), context, getattr(model, "sparse_parameters", list)())
         self.dropout_generator = torch.Generator()  # masks drawn on the CPU, as all randomness: any device, one run
         for tensor in [*model.parameters(), *model.buffers()]:
             context.broadcast_(tensor.data)
@@ -266,6 +349,8 @@ class DistributedLM:
                 loss, h = self.model.loss(x, y, h, m, generator=noise)
             tokens = int(m.sum()) if m is not None else y.numel()
             weight = tokens * context.world_size / global_tokens if global_tokens else 0.0
+            if j == micro_batches - 1:
+                self.sync_gradients.arm()  # this backward's gradients are final: dense buckets sync as they fill
             (loss * weight).backward()
             total += loss.detach().float() * weight
             new_state.append(h)
