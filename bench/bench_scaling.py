@@ -13,6 +13,10 @@ Sections (one CPU thread per process):
             --accumulate M: each rank runs its rows as M micro-batches (gradient accumulation). Each row is the
             median of --repeats runs (one process and two ranks alternating); the load average is printed beside
             each row: the CPU may be shared.
+  collectives  the gradient sync alone on 2 gloo ranks: the dense gradients of the default LSTM and --row-mb
+            MB of embedding rows per rank, packed into one all-gather and summed after (the earlier
+            GradientSync), against an all-reduce of the dense part in flight beside an all-gather of the rows
+            (GradientSync's way): ms of wall clock and of CPU per step (bench/results/collectives.md).
   scaling   (this and the next two: real ``train.py`` commands, each in its own process) torchrun with 2 gloo
             ranks against 1 process, the same global batch and the same epochs:
             tokens/s ratio (goal ≥ 1.7× on 2 cores) and test perplexity after equal data (goal: within 1%).
@@ -43,6 +47,7 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2"
+DENSE_FLOATS = 2 * (4 * 200 * (200 + 200) + 2 * 4 * 200)  # 2 LSTM layers of 200: 4H(E + H) weights, 2·4H biases
 MODEL = ["--num-layers", "2", "--emb-size", "200", "--hidden-size", "200", "--batch-size", "20", "--bptt", "35",
          "--loss", "nce", "--noise-ratio", "100", "--threads", "1", "--device", "cpu",
          "--no-progress"]
@@ -131,6 +136,81 @@ def _step_rate(world: int, vocab: int, batch: int, steps: int, micro_batches: in
     return results.get()
 
 
+def _one_all_gather(dense: torch.Tensor, packed: torch.Tensor, gathered: torch.Tensor) -> None:
+    """The earlier GradientSync: dense gradients and rows in one buffer, one all-gather, then the dense mean."""
+    import torch.distributed as dist
+
+    packed[0, : dense.numel() * 4].view(torch.float32).copy_(dense)
+    dist.all_gather_single(gathered, packed)
+    parts = gathered[:, : dense.numel() * 4].view(torch.float32)
+    (torch.zeros_like(dense) + parts[0] + parts[1]) / 2
+
+
+def _all_reduce_beside_all_gather(dense: torch.Tensor, payload: torch.Tensor, payloads: torch.Tensor) -> None:
+    """GradientSync's way: the dense sum in flight while one all-gather carries the rows, then the division."""
+    import torch.distributed as dist
+
+    flat = torch.cat([dense])
+    work = dist.all_reduce(flat, async_op=True)
+    dist.all_gather_single(payloads, payload)
+    work.wait()
+    flat.div_(2)
+
+
+def _collectives_worker(rank: int, port: int, row_bytes: list[int], calls: int, repeats: int, results) -> None:
+    """Time the two ways of averaging a step's gradients on 2 gloo ranks; rank 0 reports (ms wall, ms CPU)."""
+    import functools
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dense = torch.randn(DENSE_FLOATS)  # the default LSTM's dense gradients, float32
+    measured: dict[str, list[float]] = {}
+    for nbytes in row_bytes:
+        packed = torch.zeros(1, DENSE_FLOATS * 4 + nbytes, dtype=torch.uint8)
+        payload = torch.zeros(1, nbytes, dtype=torch.uint8)
+        ways = {"one all-gather, then the sum": functools.partial(
+                    _one_all_gather, dense, packed, torch.empty(2, packed.shape[1], dtype=torch.uint8)),
+                "all-reduce beside an all-gather": functools.partial(
+                    _all_reduce_beside_all_gather, dense, payload, torch.empty(2, nbytes, dtype=torch.uint8))}
+        for name, sync in ways.items():
+            for _ in range(3):
+                sync()
+            walls, cpus = [], []
+            for _ in range(repeats):
+                dist.barrier()
+                start, cpu_start = time.perf_counter(), time.process_time()
+                for _ in range(calls):
+                    sync()
+                walls.append(1000 * (time.perf_counter() - start) / calls)
+                cpus.append(1000 * (time.process_time() - cpu_start) / calls)
+            measured[f"{nbytes:,}|{name}"] = [statistics.median(walls), statistics.median(cpus)]
+    dist.destroy_process_group()
+    if rank == 0:
+        results.put(measured)
+
+
+def collectives_section(row_mb: list[float], calls: int, repeats: int) -> list[str]:
+    """Markdown rows: ms per step (wall, and CPU of rank 0's process) of the two gradient syncs on 2 gloo ranks:
+    the dense gradients packed with the rows into one all-gather and summed after, against an all-reduce of the
+    dense gradients in flight beside an all-gather of the rows (what ``GradientSync`` does)."""
+    results = mp.get_context("spawn").SimpleQueue()
+    row_bytes = [int(mb * 1e6) for mb in row_mb]
+    mp.start_processes(_collectives_worker, args=(_free_port(), row_bytes, calls, repeats, results), nprocs=2,
+                       start_method="spawn")
+    measured = results.get()
+    lines = [f"gradient sync alone, 2 gloo ranks, dense gradients {DENSE_FLOATS * 4:,} bytes (the default LSTM), "
+             f"median of {repeats} × {calls} calls", "",
+             "| row bytes per rank | sync | ms wall | ms CPU |", "|---|---|---|---|"]
+    for key, (wall, cpu) in measured.items():
+        nbytes, name = key.split("|")
+        lines.append(f"| {nbytes} | {name} | {wall:.2f} | {cpu:.2f} |")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def _free_port() -> int:
     import socket
 
@@ -167,8 +247,8 @@ def step_section(vocabs: list[int], batches: list[int], steps: int, micro_batche
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="+", choices=("step", "scaling", "amp", "compile"),
-                        default=["step", "scaling", "amp", "compile"])
+    parser.add_argument("--sections", nargs="+", choices=("step", "collectives", "scaling", "amp", "compile"),
+                        default=["step", "collectives", "scaling", "amp", "compile"])
     parser.add_argument("--dataset", choices=("wikitext-2", "synthetic"),
                         default="wikitext-2" if (WIKITEXT / "valid.txt").exists() else "synthetic")
     parser.add_argument("--epochs", type=int, default=1)
@@ -178,9 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="step section: measured steps per run")
     parser.add_argument("--accumulate", type=int, default=1, help="step section: micro-batches per rank")
     parser.add_argument("--repeats", type=int, default=3, help="step section: alternating runs per row (medians)")
+    parser.add_argument("--row-mb", type=float, nargs="+", default=[0.5, 1.5],
+                        help="collectives section: MB of embedding rows per rank (V = 10,001 at global batch 20, 80)")
     args = parser.parse_args(argv)
     step_lines = step_section(args.vocab, args.batch_size, args.steps, args.accumulate, args.repeats) \
         if "step" in args.sections else []
+    if "collectives" in args.sections:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        collective_lines = collectives_section(args.row_mb, calls=40, repeats=args.repeats * 3)
+        (RESULTS / "collectives.md").write_text("\n".join(collective_lines) + "\n")
     rows, runs = [], {"scaling", "amp", "compile"} & set(args.sections)
     base = [*_dataset(args.dataset), *MODEL, "--batch-size", str(args.batch_size[0])] if runs else []  # last flag wins
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['run']} | {r['tokens_per_s']:,.0f} | {r['first_epoch_s']:.0f} | {r['test_ppl']:.2f} | "
                      f"{r.get('speed-up', float('nan')):.2f} | {r.get('ppl ratio', float('nan')):.4f} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
+    if lines:  # a collectives-only run leaves the last table in place
+        (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
     with (RESULTS / "scaling.jsonl").open("a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     print("\n".join(lines))
