@@ -212,10 +212,7 @@ class GradientSync:
         self.capacity = 0
         self.buckets = _buckets(self.dense, bucket_bytes)
         self._bucket_of = {id(p): i for i, bucket in enumerate(self.buckets) for p in bucket}
-        self._armed, self._ready, self._started = False, [0] * len(self.buckets), []
-        if context.world_size > 1:
-            for p in self.dense:
-                p.register_post_accumulate_grad_hook(self._on_gradient)
+        self._armed, self._ready, self._started, self._hooked = False, [0] * len(self.buckets), [], False
 
     @property
     def in_flight(self) -> int:
@@ -228,6 +225,10 @@ class GradientSync:
             raise RuntimeError(f"{len(self._started)} gradient all-reduces of the last armed step are still in "
                                "flight: call the sync once after each armed backward pass")
         self._armed, self._ready = self.context.world_size > 1, [0] * len(self.buckets)
+        if self._armed and not self._hooked:  # hooks only on a sync that arms: a one-off sync leaves none behind
+            for p in self.dense:
+                p.register_post_accumulate_grad_hook(self._on_gradient)
+            self._hooked = True
 
     def _on_gradient(self, param: nn.Parameter) -> None:
         if not self._armed:
